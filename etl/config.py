@@ -1,0 +1,418 @@
+"""Settings from command-line flags, ``NUMBERS_ETL_*`` environment variables, a TOML file and
+defaults, in that order of precedence. Validated once; every problem is reported together."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pycountry
+
+from etl.errors import ConfigError
+from etl.records import NUMBER_TYPES
+
+ENV_PREFIX = "NUMBERS_ETL_"
+CONFIG_ENV = "NUMBERS_ETL_CONFIG"
+ACCESS_KEY_FILE_ENV = "NUMBERS_ETL_ACCESS_KEY_FILE"
+DEFAULT_DATABASE_URL = "sqlite:///numbers_stock.sqlite"
+
+
+class Secret:
+    """A value that never shows itself in a repr, a log line or an error."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective, validated configuration. Read-only."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    api_url: str = "https://api.bird.com"
+    access_key: Secret | None = None
+    organization_id: str | None = None
+    countries: tuple[str, ...] = ()
+    prefixes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    types: tuple[str, ...] = ()
+    page_size: int = 99
+    max_requests_per_second: float = 20.0
+    concurrency: int = 4
+    schedule: str = "0 */6 * * *"
+    removal_confirmations: int = 1
+    max_removal_fraction: Decimal = Decimal("0.5")
+    max_pages: int = 100000
+    lock_ttl_seconds: int = 300
+    # key -> where its value came from ("default", "file PATH", "env NAME", "flag --x")
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def require(self, *keys: str) -> None:
+        """Raise ConfigError naming every key in ``keys`` that has no value."""
+        missing = [k for k in keys if getattr(self, k) in (None, (), "")]
+        if missing:
+            raise ConfigError(
+                [
+                    f"{k} is required: set it in the config file, with {ENV_PREFIX}{k.upper()}"
+                    f" or with --{k.replace('_', '-')}"
+                    + (f" (or {ACCESS_KEY_FILE_ENV})" if k == "access_key" else "")
+                    for k in missing
+                ]
+            )
+
+    @property
+    def uses_default_database(self) -> bool:
+        return self.database_url == DEFAULT_DATABASE_URL
+
+    def redacted(self) -> dict[str, Any]:
+        """Every key with its effective value, secrets and database passwords hidden."""
+        out: dict[str, Any] = {}
+        for key in KEYS:
+            value = getattr(self, key)
+            if key == "access_key":
+                value = None if value is None else "***"
+            elif key == "database_url":
+                value = redact_url(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = {k: list(v) for k, v in value.items()}
+            elif isinstance(value, Decimal):
+                value = str(value)
+            out[key] = value
+        return out
+
+
+def redact_url(url: str) -> str:
+    """The database URL with its password replaced by ``***``."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+# --- parsing and validation of each key ---------------------------------------------------
+
+
+def _as_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, list | tuple):
+        return [str(v).strip() for v in value]
+    raise ValueError("expected a list (or a comma-separated string)")
+
+
+def _int_in(lo: int, hi: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError("expected a whole number")
+        try:
+            number = int(str(value).strip()) if not isinstance(value, int) else value
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+        if not lo <= number <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return number
+
+    return parse
+
+
+def _parse_rate(value: Any) -> float:
+    try:
+        rate = float(str(value).strip())
+    except ValueError:
+        raise ValueError("expected a number of requests per second") from None
+    if not 0 < rate <= 10000:
+        raise ValueError("must be greater than 0 and at most 10000")
+    return rate
+
+
+def _parse_fraction(value: Any) -> Decimal:
+    try:
+        fraction = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValueError("expected a fraction such as 0.5") from None
+    if not (fraction.is_finite() and 0 < fraction <= 1):
+        raise ValueError("must be greater than 0 and at most 1")
+    return fraction
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _parse_api_url(value: Any) -> str:
+    url = str(value).strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an https:// URL such as https://api.bird.com")
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials; use access_key")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValueError(
+            "plain http:// is refused for a host that is not loopback "
+            "(the access key would travel unencrypted); use https://"
+        )
+    return url
+
+
+def _parse_database_url(value: Any) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    url_text = str(value).strip()
+    try:
+        url = make_url(url_text)
+    except ArgumentError:
+        raise ValueError(
+            "is not a database URL; expected e.g. sqlite:///numbers_stock.sqlite, "
+            "postgresql+psycopg://user@host/db or mysql+pymysql://user@host/db"
+        ) from None
+    try:
+        dialect = url.get_dialect()
+    except NoSuchModuleError:
+        raise ValueError(
+            f"names an unknown database dialect or driver {url.drivername!r}; "
+            "supported: sqlite, postgresql+psycopg, mysql+pymysql"
+        ) from None
+    if dialect.name not in ("sqlite", "postgresql", "mysql", "mariadb"):
+        raise ValueError(
+            f"names the {dialect.name!r} database, which numbers-etl does not support; "
+            "use SQLite, PostgreSQL or MySQL/MariaDB"
+        )
+    try:
+        dialect.import_dbapi()
+    except ImportError:
+        extra = "postgresql" if dialect.name == "postgresql" else "mysql"
+        raise ValueError(
+            f"needs the {url.drivername!r} driver, which is not installed; "
+            f"install it with: pip install 'numbers-etl[{extra}]'"
+        ) from None
+    return url_text
+
+
+def _parse_countries(value: Any) -> tuple[str, ...]:
+    codes = [c.upper() for c in _as_list(value)]
+    bad = [c for c in codes if len(c) != 2 or pycountry.countries.get(alpha_2=c) is None]
+    if bad:
+        raise ValueError(
+            f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not ISO 3166-1 alpha-2 "
+            "country codes (e.g. US, NL, GB)"
+        )
+    return tuple(dict.fromkeys(codes))
+
+
+_PREFIX_RE = re.compile(r"^\+[1-9][0-9]{0,7}$")
+
+
+def _parse_prefixes(value: Any) -> dict[str, tuple[str, ...]]:
+    if isinstance(value, str):  # environment form: US=+1212|+1646;NL=+3120
+        table: dict[str, Any] = {}
+        for part in filter(None, (p.strip() for p in value.split(";"))):
+            country, sep, rest = part.partition("=")
+            if not sep:
+                raise ValueError("expected the form US=+1212|+1646;NL=+3120")
+            table[country.strip()] = [p for p in rest.split("|") if p.strip()]
+        value = table
+    if not isinstance(value, Mapping):
+        raise ValueError('expected a table such as US = ["+1212", "+1646"]')
+    out: dict[str, tuple[str, ...]] = {}
+    for country, prefixes in value.items():
+        cc = str(country).upper()
+        items = [p.strip() for p in _as_list(prefixes)]
+        bad = [p for p in items if not _PREFIX_RE.match(p)]
+        if bad:
+            raise ValueError(
+                f"{cc}: {', '.join(repr(p) for p in bad)} is not an area code in "
+                "international form such as '+1212'"
+            )
+        out[cc] = tuple(dict.fromkeys(items))
+    return out
+
+
+def _parse_types(value: Any) -> tuple[str, ...]:
+    types = [t.lower() for t in _as_list(value)]
+    bad = [t for t in types if t not in NUMBER_TYPES]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: expected any of {', '.join(NUMBER_TYPES)}")
+    return tuple(dict.fromkeys(types))
+
+
+_INTERVAL_RE = re.compile(r"^([1-9][0-9]*)\s*([smhd])$")
+
+
+def _parse_schedule(value: Any) -> str:
+    text = str(value).strip()
+    if _INTERVAL_RE.match(text):
+        return text
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(text, timezone="UTC")
+    except ValueError as exc:
+        raise ValueError(
+            f"is neither a cron expression ({exc}) nor an interval such as 30m or 6h"
+        ) from None
+    return text
+
+
+def _parse_str(value: Any) -> str:
+    text = str(value).strip()
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def _parse_secret(value: Any) -> Secret:
+    return Secret(_parse_str(value))
+
+
+PARSERS: dict[str, Callable[[Any], Any]] = {
+    "database_url": _parse_database_url,
+    "api_url": _parse_api_url,
+    "access_key": _parse_secret,
+    "organization_id": _parse_str,
+    "countries": _parse_countries,
+    "prefixes": _parse_prefixes,
+    "types": _parse_types,
+    "page_size": _int_in(1, 99),
+    "max_requests_per_second": _parse_rate,
+    "concurrency": _int_in(1, 64),
+    "schedule": _parse_schedule,
+    "removal_confirmations": _int_in(1, 1000),
+    "max_removal_fraction": _parse_fraction,
+    "max_pages": _int_in(1, 10_000_000),
+    "lock_ttl_seconds": _int_in(10, 86400),
+}
+KEYS = tuple(PARSERS)
+
+
+def parse_interval(text: str) -> int | None:
+    """Seconds of an interval schedule such as ``30m``; None for a cron expression."""
+    match = _INTERVAL_RE.match(text.strip())
+    if not match:
+        return None
+    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def _describe(key: str, value: Any) -> str:
+    if key == "access_key":
+        return "(hidden)"
+    if key == "database_url":
+        return repr(redact_url(str(value)))
+    return repr(value)
+
+
+def _read_file(path: Path, problems: list[str]) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        problems.append(f"config file {str(path)!r} does not exist; check --config / {CONFIG_ENV}")
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        problems.append(f"config file {str(path)!r} cannot be read: {exc}")
+        return {}
+    unknown = sorted(set(data) - set(KEYS))
+    if unknown:
+        problems.append(
+            f"config file {str(path)!r} has unknown keys {', '.join(unknown)}; "
+            f"known keys: {', '.join(KEYS)}"
+        )
+    return {k: v for k, v in data.items() if k in KEYS}
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_path: str | Path | None = None,
+) -> Settings:
+    """Build Settings from flags > environment > TOML file > defaults.
+
+    ``flags`` holds only the options given on the command line (None values are ignored).
+    Raises ConfigError listing every invalid key and value."""
+    env = os.environ if env is None else env
+    flags = {k: v for k, v in (flags or {}).items() if v is not None and v != ()}
+    problems: list[str] = []
+    layers: list[tuple[str, dict[str, Any]]] = []
+
+    path = config_path or env.get(CONFIG_ENV)
+    if path:
+        layers.append((f"file {path}", _read_file(Path(path), problems)))
+
+    env_values: dict[str, Any] = {}
+    for key in KEYS:
+        name = ENV_PREFIX + key.upper()
+        if name in env:
+            env_values[key] = env[name]
+    key_file = env.get(ACCESS_KEY_FILE_ENV)
+    if key_file and "access_key" not in env_values:
+        try:
+            env_values["access_key"] = Path(key_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            problems.append(
+                f"{ACCESS_KEY_FILE_ENV}={key_file!r} cannot be read ({exc.strerror}); "
+                "point it at a file holding the access key"
+            )
+    layers.append(("env", env_values))
+    layers.append(("flag", dict(flags)))
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = dict.fromkeys(KEYS, "default")
+    for origin, layer in layers:
+        for key, raw in layer.items():
+            if origin == "env":
+                where = f"env {ENV_PREFIX}{key.upper()}"
+                if key == "access_key" and f"{ENV_PREFIX}ACCESS_KEY" not in env:
+                    where = f"env {ACCESS_KEY_FILE_ENV}"
+            elif origin == "flag":
+                where = f"flag --{key.replace('_', '-')}"
+            else:
+                where = origin
+            try:
+                values[key] = PARSERS[key](raw)
+            except ValueError as exc:
+                problems.append(f"{key} = {_describe(key, raw)} ({where}): {exc}")
+                values.pop(key, None)
+            sources[key] = where
+
+    for country in values.get("prefixes", {}):
+        if country not in values.get("countries", ()):
+            problems.append(
+                f"prefixes names {country}, which is not in countries; add it to countries "
+                "or remove its prefixes"
+            )
+    if problems:
+        raise ConfigError(problems)
+    return Settings(**values, sources=sources)

@@ -1,0 +1,104 @@
+"""Plain data passed between the source, the decisions and the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+# Capability channels Bird documents; others (``whatsapp`` ...) are kept too.
+KNOWN_CHANNELS = ("voice", "sms", "mms")
+DIRECTIONS = ("inbound", "outbound")
+NUMBER_TYPES = ("local", "national", "mobile", "toll-free")
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """An exact monthly price: ``amount`` x 10 ** ``exponent`` in ``currency``."""
+
+    currency: str
+    amount: int
+    exponent: int
+
+    @property
+    def value(self) -> Decimal:
+        return Decimal(self.amount).scaleb(self.exponent)
+
+    def same_as(self, other: Price | None) -> bool:
+        """Equal as exact decimals with the same currency (35,-1 == 3500000,-6)."""
+        return other is not None and self.currency == other.currency and self.value == other.value
+
+
+@dataclass(frozen=True, slots=True)
+class StockItem:
+    """One valid item of Bird's stock listing."""
+
+    number: str  # E.164, the identity
+    stock_item_id: str
+    country_code: str
+    number_type: str
+    capabilities: tuple[tuple[str, bool], ...]  # sorted (("mms_inbound", True), ...)
+    price: Price
+    back_order_required: bool
+    back_order_stock_id: str | None = None
+
+    def capability(self, name: str) -> bool:
+        return dict(self.capabilities).get(name, False)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An item that failed validation. ``number`` is set when it could still be read."""
+
+    reason: str
+    payload: Any
+    number: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One fetched page: its valid items, its rejections and when it was fetched."""
+
+    scope_key: str
+    index: int
+    fetched_at: datetime
+    items: tuple[StockItem, ...]
+    rejections: tuple[Rejection, ...] = ()
+    next_page_token: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """One configured country, optionally narrowed to an area-code prefix and number types.
+    Each scope is paged to its end independently and its removals stay inside it."""
+
+    country_code: str
+    prefix: str | None = None
+    types: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        parts = [self.country_code]
+        if self.prefix:
+            parts.append(self.prefix)
+        if self.types:
+            parts.append("/".join(self.types))
+        return " ".join(parts)
+
+    def query(self) -> dict[str, str | list[str]]:
+        """The query parameters of this scope (without limit and pageToken)."""
+        params: dict[str, str | list[str]] = {"countryCodes": [self.country_code]}
+        if self.prefix:
+            params["prefix"] = self.prefix
+        if self.types:
+            params["types"] = list(self.types)
+        return params
+
+    def contains(self, item: StockItem) -> bool:
+        return (
+            item.country_code == self.country_code
+            and (not self.prefix or item.number.startswith(self.prefix))
+            and (not self.types or item.number_type in self.types)
+        )

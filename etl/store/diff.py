@@ -1,0 +1,188 @@
+"""Pure decisions: what one page changes, and whether a scope's removals may go through.
+
+No I/O here: ``writer.py`` reads the rows these functions need and writes what they return."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from etl.records import Price, StockItem
+from etl.store.schema import CAPABILITY_COLUMNS
+
+# Attributes whose change is a `changed` event (the price has its own table).
+TRACKED_FIELDS = (
+    "stock_item_id",
+    "country_code",
+    "number_type",
+    *CAPABILITY_COLUMNS,
+    "other_capabilities",
+    "back_order_required",
+    "back_order_stock_id",
+)
+
+
+def attribute_values(item: StockItem) -> dict[str, Any]:
+    """The tracked column values of an item (capabilities flattened to columns)."""
+    caps = dict(item.capabilities)
+    other = sorted(name for name, on in caps.items() if on and name not in CAPABILITY_COLUMNS)
+    values: dict[str, Any] = {
+        "stock_item_id": item.stock_item_id,
+        "country_code": item.country_code,
+        "number_type": item.number_type,
+        "other_capabilities": ",".join(other) or None,
+        "back_order_required": item.back_order_required,
+        "back_order_stock_id": item.back_order_stock_id,
+    }
+    for column in CAPABILITY_COLUMNS:
+        values[column] = bool(caps.get(column, False))
+    return values
+
+
+def price_values(price: Price) -> dict[str, Any]:
+    return {
+        "monthly_price": price.value,
+        "currency": price.currency,
+        "price_amount": price.amount,
+        "price_exponent": price.exponent,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class StoredNumber:
+    """The current state of a number as the database holds it."""
+
+    id: int
+    number: str
+    attributes: Mapping[str, Any]
+    price: Price
+    last_seen_at: datetime
+    removed_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> StoredNumber:
+        return cls(
+            id=row["id"],
+            number=row["number"],
+            attributes={name: row[name] for name in TRACKED_FIELDS},
+            price=Price(row["currency"], int(row["price_amount"]), int(row["price_exponent"])),
+            last_seen_at=row["last_seen_at"],
+            removed_at=row["removed_at"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    number: str
+    event: str  # listed | removed | relisted | changed
+    detail: str | None = None
+
+
+@dataclass(slots=True)
+class PageChanges:
+    """Everything one page changes, computed before anything is written."""
+
+    new: list[StockItem] = field(default_factory=list)
+    # Existing numbers whose tracked attributes or price changed, or that are relisted:
+    # (stored state, new item) -- written in one executemany UPDATE.
+    updated: list[tuple[StoredNumber, StockItem]] = field(default_factory=list)
+    # Every existing number seen on the page, valid or rejected: last_seen_at advances.
+    seen_ids: list[int] = field(default_factory=list)
+    price_changes: list[tuple[StoredNumber, StockItem]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    def count(self, event: str) -> int:
+        return sum(1 for e in self.events if e.event == event)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else str(value)
+
+
+def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``field: old -> new`` for every tracked attribute that differs."""
+    return [
+        f"{name}: {_fmt(old.get(name))} -> {_fmt(new[name])}"
+        for name in TRACKED_FIELDS
+        if old.get(name) != new[name]
+    ]
+
+
+def dedupe(items: Iterable[StockItem]) -> list[StockItem]:
+    """One item per number; when a page lists a number twice the last one wins."""
+    return list({item.number: item for item in items}.values())
+
+
+def diff_page(
+    existing: Mapping[str, StoredNumber],
+    items: Sequence[StockItem],
+    rejected_numbers: Iterable[str] = (),
+) -> PageChanges:
+    """What a page changes, given the stored rows of the numbers on it.
+
+    ``items`` must be deduplicated. ``rejected_numbers`` are numbers of items that failed
+    validation: they count as seen, and nothing else about them changes."""
+    changes = PageChanges()
+    for item in items:
+        stored = existing.get(item.number)
+        if stored is None:
+            changes.new.append(item)
+            changes.events.append(Event(item.number, "listed", None))
+            continue
+        changes.seen_ids.append(stored.id)
+        diffs = changed_fields(stored.attributes, attribute_values(item))
+        price_changed = not item.price.same_as(stored.price)
+        if stored.removed_at is not None:
+            changes.events.append(
+                Event(item.number, "relisted", f"removed at {stored.removed_at.isoformat()}")
+            )
+        if diffs:
+            changes.events.append(Event(item.number, "changed", "; ".join(diffs)))
+        if price_changed:
+            changes.price_changes.append((stored, item))
+        if diffs or price_changed or stored.removed_at is not None:
+            changes.updated.append((stored, item))
+    valid = {item.number for item in items}
+    for number in rejected_numbers:
+        stored = existing.get(number)
+        if stored is not None and number not in valid:
+            changes.seen_ids.append(stored.id)
+    changes.seen_ids = sorted(set(changes.seen_ids))
+    return changes
+
+
+@dataclass(frozen=True, slots=True)
+class RemovalDecision:
+    """What a complete scope's close does with the numbers it missed."""
+
+    proceed: bool
+    reason: str | None = None
+
+
+def removal_guard(
+    *,
+    country: str,
+    available: int,
+    would_remove: int,
+    max_fraction: Decimal,
+    accepted: bool,
+) -> RemovalDecision:
+    """The mass-removal guard: hold a scope that would remove more than ``max_fraction`` of
+    its available numbers (an empty listing is the typical case), unless an operator
+    accepted the removals for this run."""
+    if would_remove == 0 or accepted or available == 0:
+        return RemovalDecision(True)
+    if Decimal(would_remove) <= max_fraction * available:
+        return RemovalDecision(True)
+    share = Decimal(would_remove) / Decimal(available)
+    return RemovalDecision(
+        False,
+        f"would remove {would_remove} of {available} available numbers "
+        f"({share:.0%} > max_removal_fraction {max_fraction:.0%}); nothing removed. "
+        f"If the listing really shrank, run `numbers-etl sync --accept-removals {country}` once",
+    )

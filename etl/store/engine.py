@@ -1,0 +1,67 @@
+"""Engines set up the same way for every database numbers-etl supports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+MYSQL_SQL_MODE = (
+    "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,"
+    "NO_ENGINE_SUBSTITUTION,ONLY_FULL_GROUP_BY"
+)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL, or None for another database or an in-memory one."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    if parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def make_engine(url: str, *, pool_size: int = 5) -> Engine:
+    """An engine for ``url``: WAL and immediate transactions on SQLite (writers queue rather
+    than fail), strict utf8mb4 sessions with READ COMMITTED on MySQL/MariaDB, UTC sessions on
+    PostgreSQL, and a pool large enough for the parallel countries."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if backend == "sqlite":
+        kwargs["connect_args"] = {"timeout": 60}
+        engine = create_engine(url, **kwargs)
+        _setup_sqlite(engine)
+        return engine
+    kwargs["pool_size"] = pool_size
+    kwargs["max_overflow"] = 4
+    if backend == "mysql":
+        kwargs["isolation_level"] = "READ COMMITTED"
+        kwargs["connect_args"] = {
+            "charset": "utf8mb4",
+            "init_command": f"SET SESSION sql_mode='{MYSQL_SQL_MODE}', time_zone='+00:00'",
+        }
+    elif backend == "postgresql":
+        kwargs["connect_args"] = {"options": "-c timezone=UTC"}
+    return create_engine(url, **kwargs)
+
+
+def _setup_sqlite(engine: Engine) -> None:
+    # pysqlite's own transaction handling begins lazily and deferred, so two writers that
+    # both read first deadlock with "database is locked". Take control: BEGIN IMMEDIATE.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

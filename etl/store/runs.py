@@ -1,0 +1,138 @@
+"""The ``sync_runs`` and ``sync_scopes`` records: start, finish, abandon, list."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, insert, select, update
+
+from etl.records import Scope
+from etl.store.schema import sync_runs, sync_scopes
+
+COUNT_COLUMNS = (
+    "pages",
+    "items",
+    "listed",
+    "removed",
+    "relisted",
+    "changed",
+    "price_changes",
+    "rejected",
+)
+
+
+def mark_abandoned(conn: Connection, now: datetime) -> list[int]:
+    """Runs left `running` by a killed process (the caller holds the lock, so no running
+    run is alive): mark them `abandoned` and their unfinished scopes `aborted`."""
+    ids = list(conn.scalars(select(sync_runs.c.id).where(sync_runs.c.status == "running")))
+    if ids:
+        conn.execute(
+            update(sync_scopes)
+            .where(sync_scopes.c.run_id.in_(ids), sync_scopes.c.status == "running")
+            .values(status="aborted", finished_at=now, error="the process running it died")
+        )
+        _total_counts(conn, ids)
+        conn.execute(
+            update(sync_runs)
+            .where(sync_runs.c.id.in_(ids))
+            .values(
+                status="abandoned",
+                finished_at=now,
+                error="the process running this sync stopped without finishing it",
+            )
+        )
+    return ids
+
+
+def start_run(conn: Connection, now: datetime, scopes: Sequence[Scope]) -> tuple[int, list[int]]:
+    """Insert the run and one `running` scope row per scope; return their ids."""
+    run_key = conn.execute(
+        insert(sync_runs).values(
+            started_at=now,
+            status="running",
+            host=socket.gethostname()[:255],
+            pid=os.getpid(),
+            scopes=", ".join(s.key for s in scopes),
+            dry_run=False,
+            **dict.fromkeys(COUNT_COLUMNS, 0),
+            http_retries=0,
+        )
+    ).inserted_primary_key
+    assert run_key is not None
+    run_id = run_key[0]
+    scope_ids = []
+    for scope in scopes:
+        scope_key = conn.execute(
+            insert(sync_scopes).values(
+                run_id=run_id,
+                scope_key=scope.key,
+                country_code=scope.country_code,
+                prefix=scope.prefix,
+                types=",".join(scope.types) or None,
+                status="running",
+                started_at=now,
+                **dict.fromkeys(COUNT_COLUMNS, 0),
+                unreadable=0,
+            )
+        ).inserted_primary_key
+        assert scope_key is not None
+        scope_ids.append(scope_key[0])
+    return int(run_id), [int(i) for i in scope_ids]
+
+
+def finish_scope(
+    conn: Connection, scope_row_id: int, status: str, now: datetime, error: str | None
+) -> None:
+    conn.execute(
+        update(sync_scopes)
+        .where(sync_scopes.c.id == scope_row_id)
+        .values(status=status, finished_at=now, error=error)
+    )
+
+
+def _total_counts(conn: Connection, run_ids: Sequence[int]) -> None:
+    for run_id in run_ids:
+        totals = conn.execute(
+            select(*(func.coalesce(func.sum(sync_scopes.c[c]), 0) for c in COUNT_COLUMNS)).where(
+                sync_scopes.c.run_id == run_id
+            )
+        ).one()
+        conn.execute(
+            update(sync_runs)
+            .where(sync_runs.c.id == run_id)
+            .values(dict(zip(COUNT_COLUMNS, (int(v) for v in totals), strict=True)))
+        )
+
+
+def finish_run(
+    conn: Connection,
+    run_id: int,
+    status: str,
+    now: datetime,
+    error: str | None,
+    http_retries: int = 0,
+) -> None:
+    _total_counts(conn, [run_id])
+    conn.execute(
+        update(sync_runs)
+        .where(sync_runs.c.id == run_id)
+        .values(status=status, finished_at=now, error=error, http_retries=http_retries)
+    )
+
+
+def recent_runs(engine: Engine, limit: int = 20) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(sync_runs).order_by(sync_runs.c.id.desc()).limit(limit))
+        return [dict(r._mapping) for r in rows]
+
+
+def run_scopes(engine: Engine, run_id: int) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(sync_scopes).where(sync_scopes.c.run_id == run_id).order_by(sync_scopes.c.id)
+        )
+        return [dict(r._mapping) for r in rows]

@@ -1,0 +1,443 @@
+"""Writes one page, and closes one scope, in a handful of set-based statements each.
+
+Both functions run inside a transaction their caller opened; neither commits."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.types import Integer, String
+
+from etl.records import Page, Rejection, Scope
+from etl.store.diff import (
+    TRACKED_FIELDS,
+    PageChanges,
+    RemovalDecision,
+    StoredNumber,
+    attribute_values,
+    dedupe,
+    diff_page,
+    price_values,
+    removal_guard,
+)
+from etl.store.schema import (
+    availability_snapshots,
+    number_events,
+    numbers,
+    price_changes,
+    rejected_items,
+    sync_scopes,
+)
+from etl.store.types import UTCDateTime
+
+MAX_PAYLOAD_CHARS = 16000
+_READ_COLUMNS = [
+    numbers.c.id,
+    numbers.c.number,
+    *(numbers.c[name] for name in TRACKED_FIELDS),
+    numbers.c.currency,
+    numbers.c.price_amount,
+    numbers.c.price_exponent,
+    numbers.c.last_seen_at,
+    numbers.c.removed_at,
+]
+_UPDATE_COLUMNS = (*TRACKED_FIELDS, "monthly_price", "currency", "price_amount", "price_exponent")
+
+
+@dataclass(frozen=True, slots=True)
+class PageCounts:
+    items: int
+    listed: int
+    relisted: int
+    changed: int
+    price_changes: int
+    rejected: int
+    unreadable: int
+
+
+def read_stored(conn: Connection, numbers_on_page: Sequence[str]) -> dict[str, StoredNumber]:
+    """The stored state of the given numbers, in one query."""
+    if not numbers_on_page:
+        return {}
+    rows = conn.execute(select(*_READ_COLUMNS).where(numbers.c.number.in_(numbers_on_page)))
+    return {row.number: StoredNumber.from_row(row._mapping) for row in rows}
+
+
+def page_changes(conn: Connection, page: Page) -> tuple[PageChanges, dict[str, StoredNumber]]:
+    """Read what the page needs and compute its changes (no writes)."""
+    items = dedupe(page.items)
+    rejected = [r.number for r in page.rejections if r.number]
+    existing = read_stored(conn, list({*(i.number for i in items), *rejected}))
+    return diff_page(existing, items, rejected), existing
+
+
+def apply_page(conn: Connection, *, run_id: int, scope_row_id: int, page: Page) -> PageCounts:
+    """Write one page: new numbers, seen numbers, changes, events, price changes, rejects."""
+    changes, _ = page_changes(conn, page)
+    at = page.fetched_at
+    ids = _insert_new(conn, changes, run_id, at)
+    if changes.seen_ids:
+        conn.execute(
+            update(numbers)
+            .where(numbers.c.id.in_(changes.seen_ids))
+            .values(
+                # last_seen_at never goes backwards, whatever the clock does
+                last_seen_at=case((numbers.c.last_seen_at < at, at), else_=numbers.c.last_seen_at),
+                last_seen_run_id=run_id,
+                missed_runs=0,
+                first_missed_at=None,
+            )
+        )
+    if changes.updated:
+        conn.execute(
+            update(numbers)
+            .where(numbers.c.id == bindparam("b_id"))
+            .values({name: bindparam(f"b_{name}") for name in (*_UPDATE_COLUMNS, "removed_at")}),
+            [
+                {
+                    "b_id": stored.id,
+                    "b_removed_at": None,
+                    **{
+                        f"b_{k}": v
+                        for k, v in (attribute_values(item) | price_values(item.price)).items()
+                    },
+                }
+                for stored, item in changes.updated
+            ],
+        )
+    for stored, _item in changes.updated:
+        ids[stored.number] = stored.id
+    if changes.events:  # every event's number is new (ids) or updated
+        conn.execute(
+            insert(number_events),
+            [
+                {
+                    "number_id": ids[e.number],
+                    "run_id": run_id,
+                    "occurred_at": at,
+                    "event": e.event,
+                    "detail": e.detail,
+                }
+                for e in changes.events
+            ],
+        )
+    if changes.price_changes:
+        conn.execute(
+            insert(price_changes),
+            [
+                {
+                    "number_id": stored.id,
+                    "run_id": run_id,
+                    "changed_at": at,
+                    "old_monthly_price": stored.price.value,
+                    "new_monthly_price": item.price.value,
+                    "old_currency": stored.price.currency,
+                    "new_currency": item.price.currency,
+                    "old_price_amount": stored.price.amount,
+                    "old_price_exponent": stored.price.exponent,
+                    "new_price_amount": item.price.amount,
+                    "new_price_exponent": item.price.exponent,
+                }
+                for stored, item in changes.price_changes
+            ],
+        )
+    if page.rejections:
+        _insert_rejections(conn, run_id, page, at)
+    counts = PageCounts(
+        items=len(page.items) + len(page.rejections),
+        listed=len(changes.new),
+        relisted=changes.count("relisted"),
+        changed=changes.count("changed"),
+        price_changes=len(changes.price_changes),
+        rejected=len(page.rejections),
+        unreadable=sum(1 for r in page.rejections if r.number is None),
+    )
+    c = sync_scopes.c
+    conn.execute(
+        update(sync_scopes)
+        .where(c.id == scope_row_id)
+        .values(
+            pages=c.pages + 1,
+            items=c["items"] + counts.items,
+            listed=c.listed + counts.listed,
+            relisted=c.relisted + counts.relisted,
+            changed=c.changed + counts.changed,
+            price_changes=c.price_changes + counts.price_changes,
+            rejected=c.rejected + counts.rejected,
+            unreadable=c.unreadable + counts.unreadable,
+        )
+    )
+    return counts
+
+
+def _insert_new(
+    conn: Connection, changes: PageChanges, run_id: int, at: datetime
+) -> dict[str, int]:
+    """Insert the page's new numbers; return their ids by number."""
+    if not changes.new:
+        return {}
+    conn.execute(
+        insert(numbers),
+        [
+            {
+                "number": item.number,
+                **attribute_values(item),
+                **price_values(item.price),
+                "first_seen_at": at,
+                "last_seen_at": at,
+                "removed_at": None,
+                "last_seen_run_id": run_id,
+                "missed_runs": 0,
+                "first_missed_at": None,
+            }
+            for item in changes.new
+        ],
+    )
+    rows = conn.execute(
+        select(numbers.c.number, numbers.c.id).where(
+            numbers.c.number.in_([item.number for item in changes.new])
+        )
+    )
+    return {row.number: row.id for row in rows}
+
+
+def _payload_text(rejection: Rejection) -> str:
+    try:
+        text = json.dumps(rejection.payload, sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        text = repr(rejection.payload)
+    return text[:MAX_PAYLOAD_CHARS]
+
+
+def _insert_rejections(conn: Connection, run_id: int, page: Page, at: datetime) -> None:
+    country = page.scope_key.split(" ", 1)[0]
+    conn.execute(
+        insert(rejected_items),
+        [
+            {
+                "run_id": run_id,
+                "country_code": country,
+                "scope_key": page.scope_key,
+                "number": (r.number or None) and r.number[:64],
+                "rejected_at": at,
+                "reason": r.reason[:2000],
+                "payload": _payload_text(r),
+            }
+            for r in page.rejections
+        ],
+    )
+
+
+# --- closing a scope ------------------------------------------------------------------------
+
+
+def scope_filter(scope: Scope) -> ColumnElement[bool]:
+    """The numbers of a scope that are in stock."""
+    clauses = [numbers.c.country_code == scope.country_code, numbers.c.removed_at.is_(None)]
+    if scope.prefix:
+        clauses.append(numbers.c.number.startswith(scope.prefix, autoescape=True))
+    if scope.types:
+        clauses.append(numbers.c.number_type.in_(scope.types))
+    return and_(*clauses)
+
+
+def _missed(run_id: int) -> ColumnElement[bool]:
+    return or_(numbers.c.last_seen_run_id.is_(None), numbers.c.last_seen_run_id != run_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeClose:
+    status: str  # complete | held
+    available: int
+    removed: int
+    reason: str | None = None
+
+
+def close_scope(
+    conn: Connection,
+    *,
+    run_id: int,
+    scope_row_id: int,
+    scope: Scope,
+    completed_at: datetime,
+    confirmations: int,
+    max_fraction: Decimal,
+    accepted: bool,
+    removals_allowed: bool = True,
+) -> ScopeClose:
+    """Close a completely paged scope: count misses, remove what was missed
+    ``confirmations`` complete runs in a row (unless the guard holds), take the snapshot."""
+    in_scope = scope_filter(scope)
+    missed = _missed(run_id)
+    due = and_(missed, numbers.c.missed_runs + 1 >= confirmations)
+    available, would_remove = conn.execute(
+        select(func.count(), func.coalesce(func.sum(case((due, 1), else_=0)), 0)).where(in_scope)
+    ).one()
+    decision = (
+        removal_guard(
+            country=scope.country_code,
+            available=available,
+            would_remove=would_remove,
+            max_fraction=max_fraction,
+            accepted=accepted,
+        )
+        if removals_allowed
+        else RemovalDecision(False, None)
+    )
+    removed = 0
+    if decision.proceed:
+        removed = _remove_missed(conn, run_id, in_scope, missed, completed_at, confirmations)
+    status = "held" if not decision.proceed and decision.reason else "complete"
+    if status == "complete":
+        _snapshot(conn, run_id, scope, completed_at)
+    conn.execute(
+        update(sync_scopes)
+        .where(sync_scopes.c.id == scope_row_id)
+        .values(
+            status=status,
+            finished_at=completed_at,
+            removed=removed,
+            available=available - removed,
+            error=decision.reason,
+        )
+    )
+    return ScopeClose(status, available - removed, removed, decision.reason)
+
+
+def _remove_missed(
+    conn: Connection,
+    run_id: int,
+    in_scope: ColumnElement[bool],
+    missed: ColumnElement[bool],
+    completed_at: datetime,
+    confirmations: int,
+) -> int:
+    completed = literal(completed_at, UTCDateTime())
+    conn.execute(
+        update(numbers)
+        .where(in_scope, missed)
+        .values(
+            missed_runs=numbers.c.missed_runs + 1,
+            first_missed_at=func.coalesce(numbers.c.first_missed_at, completed),
+        )
+    )
+    gone = and_(in_scope, numbers.c.missed_runs >= confirmations)
+    # removed_at: when the first missing run completed its listing, never before last_seen_at
+    removed_at = case(
+        (numbers.c.first_missed_at > numbers.c.last_seen_at, numbers.c.first_missed_at),
+        else_=numbers.c.last_seen_at,
+    )
+    conn.execute(
+        insert(number_events).from_select(
+            ["number_id", "run_id", "occurred_at", "event", "detail"],
+            select(
+                numbers.c.id,
+                literal(run_id, Integer()),
+                removed_at,
+                literal("removed", String()),
+                literal(f"missed by {confirmations} complete run(s) in a row", String()),
+            ).where(gone),
+        )
+    )
+    result = conn.execute(update(numbers).where(gone).values(removed_at=removed_at))
+    return int(result.rowcount)
+
+
+def _snapshot(conn: Connection, run_id: int, scope: Scope, taken_at: datetime) -> None:
+    """One row per type and currency available in the scope; and a zero row for each type
+    and currency the scope's previous snapshot had and this one has not (sold out), so that
+    the last snapshot of a day is the whole truth."""
+    n = numbers.c
+
+    def count_if(*columns: Any) -> Any:
+        return func.coalesce(func.sum(case((or_(*columns), 1), else_=0)), 0)
+
+    conn.execute(
+        insert(availability_snapshots).from_select(
+            [
+                "run_id",
+                "taken_at",
+                "scope_key",
+                "country_code",
+                "number_type",
+                "currency",
+                "available_count",
+                "min_price",
+                "avg_price",
+                "max_price",
+                "voice_count",
+                "sms_count",
+                "mms_count",
+                "back_order_count",
+            ],
+            select(
+                literal(run_id, Integer()),
+                literal(taken_at, UTCDateTime()),
+                literal(scope.key, String()),
+                n.country_code,
+                n.number_type,
+                n.currency,
+                func.count(),
+                func.min(n.monthly_price),
+                func.avg(n.monthly_price),
+                func.max(n.monthly_price),
+                count_if(n.voice_inbound, n.voice_outbound),
+                count_if(n.sms_inbound, n.sms_outbound),
+                count_if(n.mms_inbound, n.mms_outbound),
+                count_if(n.back_order_required),
+            )
+            .where(scope_filter(scope))
+            .group_by(n.country_code, n.number_type, n.currency),
+        )
+    )
+    s = availability_snapshots.c
+    previous_run = (
+        select(func.max(s.run_id))
+        .where(s.scope_key == scope.key, s.run_id < run_id)
+        .scalar_subquery()
+    )
+    rows = conn.execute(
+        select(s.run_id, s.country_code, s.number_type, s.currency).where(
+            s.scope_key == scope.key, or_(s.run_id == run_id, s.run_id == previous_run)
+        )
+    ).all()
+    now = {(r.number_type, r.currency) for r in rows if r.run_id == run_id}
+    gone = {(r.country_code, r.number_type, r.currency) for r in rows if r.run_id != run_id}
+    missing = sorted(g for g in gone if g[1:] not in now)
+    if missing:
+        conn.execute(
+            insert(availability_snapshots),
+            [
+                {
+                    "run_id": run_id,
+                    "taken_at": taken_at,
+                    "scope_key": scope.key,
+                    "country_code": country,
+                    "number_type": number_type,
+                    "currency": currency,
+                    "available_count": 0,
+                    **dict.fromkeys(("min_price", "avg_price", "max_price")),
+                    **dict.fromkeys(("voice_count", "sms_count", "mms_count"), 0),
+                    "back_order_count": 0,
+                }
+                for country, number_type, currency in missing
+            ],
+        )

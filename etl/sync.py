@@ -1,0 +1,370 @@
+"""One sync run: lock, run record, scopes in parallel (page -> transaction), close, finish."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+
+from etl.config import Settings
+from etl.errors import (
+    AuthError,
+    DatabaseError,
+    Interrupted,
+    SourceError,
+)
+from etl.records import Page, Rejection, Scope
+from etl.store import runs
+from etl.store.engine import make_engine
+from etl.store.lock import DatabaseLock
+from etl.store.migrate import check_schema
+from etl.store.writer import PageCounts, apply_page, close_scope
+
+if TYPE_CHECKING:
+    from etl.source.client import BirdClient
+
+log = logging.getLogger("etl.sync")
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_LOCKED = 75
+EXIT_SIGTERM = 143
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def scopes_for(settings: Settings, countries: Iterable[str] | None = None) -> list[Scope]:
+    """One scope per country, or one per configured prefix of a country."""
+    chosen = list(countries) if countries else list(settings.countries)
+    out: list[Scope] = []
+    for country in chosen:
+        prefixes = settings.prefixes.get(country) or (None,)
+        out.extend(Scope(country, prefix, settings.types) for prefix in prefixes)
+    return out
+
+
+@dataclass
+class ScopeResult:
+    scope: Scope
+    status: str = "running"  # complete | held | failed | aborted
+    pages: int = 0
+    items: int = 0
+    listed: int = 0
+    removed: int = 0
+    relisted: int = 0
+    changed: int = 0
+    price_changes: int = 0
+    rejected: int = 0
+    available: int | None = None
+    error: str | None = None
+
+    def add(self, counts: PageCounts) -> None:
+        self.pages += 1
+        for name in ("items", "listed", "relisted", "changed", "price_changes", "rejected"):
+            setattr(self, name, getattr(self, name) + getattr(counts, name))
+
+
+@dataclass
+class RunResult:
+    run_id: int | None
+    status: str  # succeeded | partial | failed | aborted
+    started_at: datetime
+    finished_at: datetime | None = None
+    scopes: list[ScopeResult] = field(default_factory=list)
+    error: str | None = None
+    auth_failed: bool = False
+    http: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        if self.auth_failed:
+            return EXIT_CONFIG
+        if self.status == "aborted":
+            return EXIT_SIGTERM
+        return EXIT_OK if self.status == "succeeded" else EXIT_FAILED
+
+    def total(self, name: str) -> int:
+        return sum(int(getattr(s, name)) for s in self.scopes)
+
+
+# Called after each page is committed: (scope, page, counts). Used for progress and metrics.
+PageHook = Callable[[Scope, Page, PageCounts], None]
+# Yields a scope's pages in order; raises SourceError / Interrupted. Default: Bird's listing.
+PageSource = Callable[[Scope], Iterable[Page]]
+
+
+def _is_transient(exc: DBAPIError) -> bool:
+    """Deadlocks and serialization failures: the whole page transaction can be retried."""
+    code = getattr(exc.orig, "sqlstate", None) or (getattr(exc.orig, "args", None) or [None])[0]
+    return exc.connection_invalidated or code in ("40001", "40P01", 1213, 1205)
+
+
+def in_transaction(engine: Engine, work: Callable[[Connection], T], attempts: int = 4) -> T:
+    """Run ``work`` in one transaction, retried on a deadlock or a dropped connection."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with engine.begin() as conn:
+                return work(conn)
+        except DBAPIError as exc:
+            if attempt == attempts or not _is_transient(exc):
+                raise
+            log.warning("transient database error (attempt %d), retrying: %s", attempt, exc.orig)
+            time.sleep(0.05 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+class Sync:
+    """One run over the configured scopes. ``run()`` never raises for a source failure: it
+    records it in the scope and the run; it raises LockHeld, SchemaOutOfDate, DatabaseError."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        countries: Sequence[str] | None = None,
+        accept_removals: Iterable[str] = (),
+        stop: threading.Event | None = None,
+        engine: Engine | None = None,
+        on_page: PageHook | None = None,
+        client: BirdClient | None = None,
+        page_source: PageSource | None = None,
+    ) -> None:
+        self.settings = settings
+        self.scopes = scopes_for(settings, countries)
+        self.accept = {c.upper() for c in accept_removals}
+        self.stop = stop or threading.Event()
+        self.engine = engine or make_engine(settings.database_url, pool_size=settings.concurrency)
+        self.owns_engine = engine is None
+        self.on_page = on_page
+        self.stats = None if client is None else client.stats
+        self._client = client
+        self._page_source = page_source
+        self._auth_error: AuthError | None = None
+
+    def _make_client(self) -> BirdClient:
+        from etl.source.client import BirdClient, ClientStats
+        from etl.source.ratelimit import RateLimiter
+
+        self.stats = ClientStats()
+        settings = self.settings
+        settings.require("access_key", "organization_id")
+        assert settings.access_key is not None
+        assert settings.organization_id is not None
+        return BirdClient(
+            settings.api_url,
+            settings.access_key,
+            settings.organization_id,
+            rate_limiter=RateLimiter(settings.max_requests_per_second),
+            stats=self.stats,
+            stop=self.stop,
+        )
+
+    def run(self) -> RunResult:
+        if not self.scopes:
+            self.settings.require("countries")
+        client = None
+        if self._page_source is None:
+            client = self._client or self._make_client()
+            self._page_source = functools.partial(self._bird_pages, client)
+        try:
+            return self._run()
+        except OperationalError as exc:
+            raise DatabaseError(f"the database failed: {_db_message(exc)}") from None
+        finally:
+            if client is not None and self._client is None:
+                client.close()
+            if self.owns_engine:
+                self.engine.dispose()
+
+    def _bird_pages(self, client: BirdClient, scope: Scope) -> Iterable[Page]:
+        from etl.source.paginator import iter_pages
+
+        pages: Iterable[Page] = iter_pages(
+            client,
+            scope,
+            page_size=self.settings.page_size,
+            max_pages=self.settings.max_pages,
+            stop=self.stop,
+        )
+        return pages
+
+    def _run(self) -> RunResult:
+        # The default SQLite file is created and migrated on first use; any other database
+        # must be migrated on purpose (`numbers-etl db upgrade`).
+        check_schema(self.engine, create_if_new=self.settings.uses_default_database)
+        lock = DatabaseLock(self.engine, ttl=self.settings.lock_ttl_seconds)
+        lock.acquire()
+        try:
+            lock.keep_alive(on_lost=self.stop.set)
+            return self._locked_run(lock)
+        finally:
+            lock.release()
+
+    def _locked_run(self, lock: DatabaseLock) -> RunResult:
+        started = utcnow()
+
+        def begin(conn: Connection) -> tuple[int, list[int]]:
+            abandoned = runs.mark_abandoned(conn, started)
+            if abandoned:
+                log.warning("marked run(s) %s abandoned (their process died)", abandoned)
+            return runs.start_run(conn, started, self.scopes)
+
+        run_id, scope_ids = in_transaction(self.engine, begin)
+        lock.set_run(run_id)
+        result = RunResult(run_id, "running", started)
+        log.info("run %d started: %s", run_id, ", ".join(s.key for s in self.scopes))
+        workers = max(1, min(self.settings.concurrency, len(self.scopes)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="scope") as pool:
+            result.scopes = list(
+                pool.map(
+                    lambda pair: self._sync_scope(run_id, *pair),
+                    zip(self.scopes, scope_ids, strict=True),
+                )
+            )
+        result.status, result.error = self._run_status(result.scopes)
+        result.auth_failed = self._auth_error is not None
+        result.finished_at = utcnow()
+        result.http = self.stats.snapshot() if self.stats is not None else {}
+        in_transaction(
+            self.engine,
+            lambda conn: runs.finish_run(
+                conn,
+                run_id,
+                result.status,
+                result.finished_at or utcnow(),
+                result.error,
+                int(result.http.get("retries", 0)),
+            ),
+        )
+        log.info("run %d %s", run_id, result.status)
+        return result
+
+    def _run_status(self, scopes: list[ScopeResult]) -> tuple[str, str | None]:
+        errors = [f"{s.scope.key}: {s.status}: {s.error}" for s in scopes if s.error]
+        error = "; ".join(errors) or None
+        if self._auth_error is not None:
+            return "failed", str(self._auth_error)
+        if any(s.status == "aborted" for s in scopes):
+            return "aborted", error or "stopped by a signal"
+        if all(s.status == "complete" for s in scopes):
+            return "succeeded", error
+        if all(s.status == "failed" for s in scopes):
+            return "failed", error
+        return "partial", error
+
+    def _sync_scope(self, run_id: int, scope: Scope, row_id: int) -> ScopeResult:
+        result = ScopeResult(scope)
+        unreadable = 0
+        last_fetch: datetime | None = None
+        try:
+            if self.stop.is_set():
+                raise Interrupted("stopped before the scope started")
+            assert self._page_source is not None
+            for page in self._page_source(scope):
+                page = _confine(page, scope)
+                counts = in_transaction(
+                    self.engine,
+                    lambda conn, p=page: apply_page(  # type: ignore[misc]
+                        conn, run_id=run_id, scope_row_id=row_id, page=p
+                    ),
+                )
+                result.add(counts)
+                unreadable += counts.unreadable
+                last_fetch = page.fetched_at
+                if self.on_page is not None:
+                    self.on_page(scope, page, counts)
+                if self.stop.is_set() and page.next_page_token is not None:
+                    raise Interrupted("stopped after the page in flight")
+            completed_at = last_fetch or utcnow()
+            closed = in_transaction(
+                self.engine,
+                lambda conn: close_scope(
+                    conn,
+                    run_id=run_id,
+                    scope_row_id=row_id,
+                    scope=scope,
+                    completed_at=completed_at,
+                    confirmations=self.settings.removal_confirmations,
+                    max_fraction=self.settings.max_removal_fraction,
+                    accepted=scope.country_code in self.accept,
+                    removals_allowed=unreadable == 0,
+                ),
+            )
+            result.status, result.removed, result.available = (
+                closed.status,
+                closed.removed,
+                closed.available,
+            )
+            result.error = closed.reason
+            if unreadable:
+                result.error = (
+                    f"{unreadable} rejected item(s) had no readable number, so nothing was "
+                    "removed in this scope this run"
+                )
+            return result
+        except Interrupted:
+            result.status, result.error = "aborted", "stopped by a signal; nothing removed"
+        except AuthError as exc:
+            self._auth_error = exc
+            self.stop.set()  # the other scopes would fail the same way
+            result.status, result.error = "failed", str(exc)
+        except SourceError as exc:
+            result.status, result.error = "failed", f"{exc}; nothing removed"
+        except SQLAlchemyError as exc:
+            result.status, result.error = "failed", f"database error: {_db_message(exc)}"
+        log.warning("scope %s %s: %s", scope.key, result.status, result.error)
+        try:
+            in_transaction(
+                self.engine,
+                lambda conn: runs.finish_scope(conn, row_id, result.status, utcnow(), result.error),
+            )
+        except SQLAlchemyError:
+            log.exception("could not record the end of scope %s", scope.key)
+        return result
+
+
+def _confine(page: Page, scope: Scope) -> Page:
+    """Reject items outside the scope asked for (Bird returning another country's numbers)."""
+    outside = [item for item in page.items if not scope.contains(item)]
+    if not outside:
+        return page
+    return Page(
+        scope_key=page.scope_key,
+        index=page.index,
+        fetched_at=page.fetched_at,
+        items=tuple(item for item in page.items if scope.contains(item)),
+        rejections=page.rejections
+        + tuple(
+            Rejection(
+                f"outside the scope {scope.key}: {item.country_code} {item.number_type}",
+                {"numberString": item.number, "countryCode": item.country_code},
+                item.number,
+            )
+            for item in outside
+        ),
+        next_page_token=page.next_page_token,
+    )
+
+
+def _db_message(exc: SQLAlchemyError) -> str:
+    """The driver's message without SQL, parameters or the URL's password."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def run_sync(settings: Settings, **kwargs: Any) -> RunResult:
+    return Sync(settings, **kwargs).run()
