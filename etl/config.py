@@ -257,6 +257,14 @@ def _parse_prefixes(value: Any) -> dict[str, tuple[str, ...]]:
                 f"{cc}: {', '.join(repr(p) for p in bad)} is not an area code in "
                 "international form such as '+1212'"
             )
+        overlapping = sorted(
+            f"{a} and {b}" for a in items for b in items if a != b and b.startswith(a)
+        )
+        if overlapping:
+            raise ValueError(
+                f"{cc}: prefixes {', '.join(overlapping)} overlap; each number must belong to "
+                "one scope, so keep only the shorter prefix"
+            )
         out[cc] = tuple(dict.fromkeys(items))
     return out
 

@@ -6,6 +6,7 @@ skip with a message, except in CI (CI=true), where they are required and fail in
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, inspect, text
+from sqlalchemy.engine import make_url
 
 from etl.config import Settings, load_settings
 from etl.simulator import Simulator, SyntheticStock
@@ -33,6 +35,45 @@ DATABASES = {
     ),
 }
 _reachable: dict[str, str | None] = {}
+_own_databases: dict[str, str] = {}
+
+
+def _own_database(name: str, url: str) -> str:
+    """A database of this test process's own on the server of ``url`` (created on first use,
+    dropped at exit), so that parallel test runs on one server never see each other."""
+    if name not in _own_databases:
+        db_name = f"numbers_etl_test_{os.getpid()}"
+        admin = make_engine(url)
+        try:
+            with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(text(f"DROP DATABASE IF EXISTS {db_name}"))
+                conn.execute(text(f"CREATE DATABASE {db_name}"))
+        finally:
+            admin.dispose()
+        _own_databases[name] = (
+            make_url(url).set(database=db_name).render_as_string(hide_password=False)
+        )
+        atexit.register(_drop_database, url, db_name)
+    return _own_databases[name]
+
+
+def _drop_database(url: str, db_name: str) -> None:
+    admin = make_engine(url)
+    try:
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            if admin.dialect.name == "postgresql":
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :db AND pid <> pg_backend_pid()"
+                    ),
+                    {"db": db_name},
+                )
+            conn.execute(text(f"DROP DATABASE IF EXISTS {db_name}"))
+    except Exception:  # noqa: S110 - best effort at exit; the next run drops it again
+        pass
+    finally:
+        admin.dispose()
 
 
 def _require_server(name: str, url: str) -> None:
@@ -75,7 +116,7 @@ def database_url(name: str, tmp_path: Path) -> str:
     url = DATABASES[name]
     assert url is not None
     _require_server(name, url)
-    return url
+    return _own_database(name, url)
 
 
 @pytest.fixture(params=list(DATABASES))

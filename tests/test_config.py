@@ -1,0 +1,164 @@
+"""Configuration: precedence, validation with every problem reported together, secrets."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from etl.config import DEFAULT_DATABASE_URL, Secret, load_settings, parse_interval
+from etl.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "numbers-etl.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults() -> None:
+    s = load_settings(env={})
+    assert s.database_url == DEFAULT_DATABASE_URL
+    assert s.api_url == "https://api.bird.com"
+    assert (s.page_size, s.concurrency, s.max_pages) == (99, 4, 100000)
+    assert s.max_requests_per_second == 20
+    assert s.removal_confirmations == 1
+    assert s.max_removal_fraction == Decimal("0.5")
+    assert s.schedule == "0 */6 * * *"
+    assert s.access_key is None
+    assert set(s.sources.values()) == {"default"}
+
+
+def test_flag_beats_env_beats_file_beats_default(tmp_path: Path) -> None:
+    path = write(tmp_path, 'countries = ["US"]\npage_size = 10\nconcurrency = 2\nmax_pages = 7\n')
+    env = {"NUMBERS_ETL_PAGE_SIZE": "20", "NUMBERS_ETL_CONCURRENCY": "3"}
+    s = load_settings({"concurrency": "5"}, env=env, config_path=path)
+    assert s.countries == ("US",)
+    assert s.page_size == 20
+    assert s.concurrency == 5
+    assert s.max_pages == 7
+    assert s.removal_confirmations == 1
+    assert s.sources["countries"] == f"file {path}"
+    assert s.sources["page_size"] == "env NUMBERS_ETL_PAGE_SIZE"
+    assert s.sources["concurrency"] == "flag --concurrency"
+    assert s.sources["removal_confirmations"] == "default"
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, 'countries = "nl, us"\n')
+    s = load_settings(env={"NUMBERS_ETL_CONFIG": str(path)})
+    assert s.countries == ("NL", "US")
+
+
+def test_every_problem_is_reported_together(tmp_path: Path) -> None:
+    env = {
+        "NUMBERS_ETL_COUNTRIES": "US,XX,ZZ",
+        "NUMBERS_ETL_PAGE_SIZE": "100",
+        "NUMBERS_ETL_API_URL": "http://api.bird.com",
+        "NUMBERS_ETL_SCHEDULE": "every tuesday",
+        "NUMBERS_ETL_MAX_REMOVAL_FRACTION": "1.5",
+        "NUMBERS_ETL_DATABASE_URL": "oracle://scott@db/orcl",
+    }
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env=env)
+    problems = caught.value.problems
+    assert len(problems) == 6
+    text = str(caught.value)
+    assert "countries = 'US,XX,ZZ' (env NUMBERS_ETL_COUNTRIES): XX, ZZ are not ISO 3166-1" in text
+    assert "page_size = '100' (env NUMBERS_ETL_PAGE_SIZE): must be between 1 and 99" in text
+    assert "plain http:// is refused for a host that is not loopback" in text
+    assert "schedule = 'every tuesday'" in text
+    assert "max_removal_fraction = '1.5'" in text
+    assert "'oracle'" in text
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8787", "http://localhost:1", "http://[::1]:9"])
+def test_plain_http_is_allowed_to_loopback(url: str) -> None:
+    assert load_settings(env={"NUMBERS_ETL_API_URL": url}).api_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("not a url", "is not a database URL"),
+        ("nosuchdb://x/y", "unknown database dialect or driver 'nosuchdb'"),
+        ("postgresql+nosuchdriver://u@h/db", "unknown database dialect or driver"),
+    ],
+)
+def test_bad_database_url_is_a_config_error(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env={"NUMBERS_ETL_DATABASE_URL": url})
+
+
+def test_database_password_is_hidden_in_errors_and_redacted_view() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env={"NUMBERS_ETL_DATABASE_URL": "nosuchdb://app:hunter2secret@h/db"})
+    assert "hunter2secret" not in str(caught.value)
+    s = load_settings(env={"NUMBERS_ETL_DATABASE_URL": "postgresql+psycopg://app:pw123456@h/db"})
+    assert "pw123456" not in str(s.redacted())
+
+
+def test_access_key_from_file_never_shown(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("sk_live_very_secret\n", encoding="utf-8")
+    s = load_settings(env={"NUMBERS_ETL_ACCESS_KEY_FILE": str(key_file)})
+    assert s.access_key == Secret("sk_live_very_secret")
+    assert s.sources["access_key"] == "env NUMBERS_ETL_ACCESS_KEY_FILE"
+    assert "sk_live" not in repr(s)
+    assert "sk_live" not in str(s.redacted())
+    assert s.redacted()["access_key"] == "***"
+
+
+def test_missing_access_key_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="NUMBERS_ETL_ACCESS_KEY_FILE=.*cannot be read"):
+        load_settings(env={"NUMBERS_ETL_ACCESS_KEY_FILE": str(tmp_path / "nope")})
+
+
+def test_require_names_each_missing_key() -> None:
+    s = load_settings(env={})
+    with pytest.raises(ConfigError) as caught:
+        s.require("access_key", "organization_id", "countries")
+    assert len(caught.value.problems) == 3
+    assert "NUMBERS_ETL_ACCESS_KEY_FILE" in caught.value.problems[0]
+
+
+def test_prefixes_toml_and_env_forms(tmp_path: Path) -> None:
+    path = write(tmp_path, 'countries = ["US", "NL"]\n[prefixes]\nUS = ["+1212", "+1646"]\n')
+    assert load_settings(env={}, config_path=path).prefixes == {"US": ("+1212", "+1646")}
+    env = {"NUMBERS_ETL_COUNTRIES": "US,NL", "NUMBERS_ETL_PREFIXES": "US=+1212|+1646;NL=+3120"}
+    assert load_settings(env=env).prefixes == {"US": ("+1212", "+1646"), "NL": ("+3120",)}
+
+
+@pytest.mark.parametrize(
+    ("prefixes", "message"),
+    [
+        ("US=1212", "is not an area code in international form"),
+        ("US=+1212|+12125", "overlap"),
+        ("GB=+4420", "prefixes names GB, which is not in countries"),
+    ],
+)
+def test_bad_prefixes(prefixes: str, message: str) -> None:
+    env = {"NUMBERS_ETL_COUNTRIES": "US", "NUMBERS_ETL_PREFIXES": prefixes}
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env=env)
+
+
+def test_unknown_keys_in_file_are_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "page_sise = 10\n")
+    with pytest.raises(ConfigError, match="unknown keys page_sise"):
+        load_settings(env={}, config_path=path)
+
+
+def test_unreadable_toml_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "countries = [\n")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_settings(env={}, config_path=path)
+
+
+def test_schedule_forms() -> None:
+    assert load_settings(env={"NUMBERS_ETL_SCHEDULE": "30m"}).schedule == "30m"
+    assert load_settings(env={"NUMBERS_ETL_SCHEDULE": "*/5 * * * *"}).schedule == "*/5 * * * *"
+    assert parse_interval("30m") == 1800
+    assert parse_interval("6h") == 21600
+    assert parse_interval("0 */6 * * *") is None

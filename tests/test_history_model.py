@@ -1,0 +1,362 @@
+"""Property tests of the history against a plain-Python reference model.
+
+Random sequences of stock listings, page splits and orders, duplicated items, failed and
+killed runs, and a clock that can step back drive the real Sync (pages go through the
+real writer into a real SQLite file); after each step the database must equal the model."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+from sqlalchemy import Engine, func, select
+
+from etl.config import Settings
+from etl.errors import SourceError
+from etl.records import Page, Price, Scope, StockItem
+from etl.store import migrate
+from etl.store.engine import make_engine
+from etl.store.schema import number_events, numbers, price_changes
+from etl.sync import Sync
+
+NUMBERS = [f"+3120555{n:04d}" for n in range(10)]
+# Prices as exact values; each has several equal (amount, exponent) spellings.
+VALUES = [Decimal("1.5"), Decimal("2"), Decimal("3.25")]
+T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
+
+
+def spellings(value: Decimal) -> list[tuple[int, int]]:
+    out = []
+    for exponent in (-6, -4, -2):
+        amount = value.scaleb(-exponent)
+        if amount == amount.to_integral_value():
+            out.append((int(amount), exponent))
+    return out
+
+
+class SimulatedKill(BaseException):
+    """Raised from the page source: the process dies mid-run, nothing is cleaned up."""
+
+
+@dataclass
+class Listing:
+    items: dict[str, StockItem]
+
+
+def make_item(number: str, value: Decimal, spelling: int, stock_id: str) -> StockItem:
+    forms = spellings(value)
+    amount, exponent = forms[spelling % len(forms)]
+    return StockItem(
+        number=number,
+        stock_item_id=stock_id,
+        country_code="NL",
+        number_type="local",
+        capabilities=(("voice_inbound", True),),
+        price=Price("EUR", amount, exponent),
+        back_order_required=False,
+    )
+
+
+listing_strategy = st.dictionaries(
+    st.sampled_from(NUMBERS),
+    st.tuples(st.sampled_from(VALUES), st.integers(0, 2), st.sampled_from(["a", "b"])),
+    max_size=len(NUMBERS),
+).map(lambda d: Listing({n: make_item(n, *v) for n, v in d.items()}))
+
+
+@dataclass
+class ModelNumber:
+    first_seen: datetime
+    last_seen: datetime
+    price: Price
+    stock_item_id: str
+    removed_at: datetime | None = None
+    missed: int = 0
+    first_missed: datetime | None = None
+
+
+class Model:
+    """The contract's semantics, written as plainly as possible."""
+
+    def __init__(self, confirmations: int) -> None:
+        self.confirmations = confirmations
+        self.numbers: dict[str, ModelNumber] = {}
+        self.price_changes = 0
+        self.events: dict[str, int] = {"listed": 0, "removed": 0, "relisted": 0, "changed": 0}
+
+    def see(self, item: StockItem, at: datetime) -> None:
+        known = self.numbers.get(item.number)
+        if known is None:
+            self.numbers[item.number] = ModelNumber(at, at, item.price, item.stock_item_id)
+            self.events["listed"] += 1
+            return
+        known.last_seen = max(known.last_seen, at)
+        if known.removed_at is not None:
+            known.removed_at = None
+            self.events["relisted"] += 1
+        if known.price.value != item.price.value or known.price.currency != item.price.currency:
+            known.price = item.price
+            self.price_changes += 1
+        if known.stock_item_id != item.stock_item_id:
+            known.stock_item_id = item.stock_item_id
+            self.events["changed"] += 1
+        known.missed, known.first_missed = 0, None
+
+    def complete(self, seen: set[str], at: datetime) -> None:
+        for number, state in self.numbers.items():
+            if number in seen or state.removed_at is not None:
+                continue
+            state.missed += 1
+            state.first_missed = state.first_missed or at
+            if state.missed >= self.confirmations:
+                state.removed_at = max(state.first_missed, state.last_seen)
+                self.events["removed"] += 1
+
+
+def split_pages(items: list[StockItem], page_size: int, at: datetime) -> list[Page]:
+    chunks = [items[i : i + page_size] for i in range(0, len(items), page_size)] or [[]]
+    return [
+        Page("NL", i, at, tuple(chunk), (), None if i == len(chunks) - 1 else f"t{i}")
+        for i, chunk in enumerate(chunks)
+    ]
+
+
+def listing_pages(listing: Listing, page_size: int, seed: int, at: datetime) -> list[Page]:
+    """The listing in a random order, with a few items listed twice, split into pages."""
+    rng = random.Random(seed)
+    items = list(listing.items.values())
+    rng.shuffle(items)
+    for item in rng.sample(items, k=min(len(items), rng.randint(0, 2))):
+        items.insert(rng.randint(0, len(items)), item)
+    return split_pages(items, page_size, at)
+
+
+def run(
+    engine: Engine,
+    cfg: Settings,
+    pages: list[Page],
+    *,
+    fail_at: int | None = None,
+    kill_at: int | None = None,
+) -> None:
+    def source(scope: Scope) -> Iterator[Page]:
+        for page in pages:
+            if page.index == fail_at:
+                raise SourceError("listing failed (simulated 503s)")
+            if page.index == kill_at:
+                raise SimulatedKill
+            yield page
+
+    Sync(cfg, engine=engine, page_source=source).run()
+
+
+def state_of(engine: Engine) -> dict[str, tuple[object, ...]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                numbers.c.number,
+                numbers.c.first_seen_at,
+                numbers.c.last_seen_at,
+                numbers.c.removed_at,
+                numbers.c.currency,
+                numbers.c.monthly_price,
+                numbers.c.stock_item_id,
+            )
+        )
+        return {r[0]: tuple(r[1:]) for r in rows}
+
+
+def history_counts(engine: Engine) -> tuple[dict[str, int], int]:
+    with engine.connect() as conn:
+        events = dict(
+            conn.execute(
+                select(number_events.c.event, func.count()).group_by(number_events.c.event)
+            ).all()
+        )
+        changes = conn.execute(select(func.count()).select_from(price_changes)).scalar_one()
+    return {k: int(v) for k, v in events.items()}, int(changes)
+
+
+@pytest.fixture(scope="module")
+def template_db() -> Iterator[Path]:
+    folder = Path(tempfile.mkdtemp())
+    path = folder / "template.sqlite"
+    engine = make_engine(f"sqlite:///{path}")
+    migrate.upgrade(engine)
+    engine.dispose()
+    yield path
+    shutil.rmtree(folder)
+
+
+def fresh_engine(template: Path) -> tuple[Engine, Path]:
+    folder = Path(tempfile.mkdtemp())
+    shutil.copy(template, folder / "db.sqlite")
+    return make_engine(f"sqlite:///{folder / 'db.sqlite'}"), folder
+
+
+class HistoryMachine(RuleBasedStateMachine):
+    template: Path
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.engine, self.folder = fresh_engine(self.template)
+        self.clock = T0
+        self.listing = Listing({})
+        self.previous: dict[str, tuple[object, ...]] = {}
+        self.model = Model(1)
+        self.cfg = Settings(countries=("NL",), max_removal_fraction=Decimal(1))
+
+    def teardown(self) -> None:
+        self.engine.dispose()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    @initialize(confirmations=st.integers(1, 3))
+    def configure(self, confirmations: int) -> None:
+        self.model = Model(confirmations)
+        self.cfg = replace(self.cfg, removal_confirmations=confirmations)
+
+    @rule(listing=listing_strategy)
+    def stock_changes(self, listing: Listing) -> None:
+        self.listing = listing
+
+    def _tick(self, step: int) -> datetime:
+        self.clock += timedelta(minutes=step)
+        return self.clock
+
+    @rule(page_size=st.integers(1, 4), seed=st.integers(0, 99), step=st.integers(-120, 120))
+    def complete_sync(self, page_size: int, seed: int, step: int) -> None:
+        at = self._tick(step)
+        run(self.engine, self.cfg, listing_pages(self.listing, page_size, seed, at))
+        for item in self.listing.items.values():
+            self.model.see(item, at)
+        self.model.complete(set(self.listing.items), at)
+
+    @precondition(lambda self: self.model.confirmations == 1)
+    @rule(page_size=st.integers(1, 4), seed=st.integers(0, 99), step=st.integers(1, 60))
+    def same_listing_twice_adds_no_history(self, page_size: int, seed: int, step: int) -> None:
+        self.complete_sync(page_size, seed, step)
+        before = history_counts(self.engine)
+        self.complete_sync(page_size, seed + 1, step)
+        assert history_counts(self.engine) == before
+
+    @rule(
+        page_size=st.integers(1, 3),
+        seed=st.integers(0, 99),
+        step=st.integers(-120, 120),
+        stop_after=st.integers(0, 3),
+        killed=st.booleans(),
+    )
+    def interrupted_sync(
+        self, page_size: int, seed: int, step: int, stop_after: int, killed: bool
+    ) -> None:
+        at = self._tick(step)
+        pages = listing_pages(self.listing, page_size, seed, at)
+        if stop_after >= len(pages):
+            return
+        if killed:
+            with pytest.raises(SimulatedKill):
+                run(self.engine, self.cfg, pages, kill_at=stop_after)
+        else:
+            run(self.engine, self.cfg, pages, fail_at=stop_after)
+        for page in pages[:stop_after]:  # what was applied stays; nothing is removed
+            for item in {i.number: i for i in page.items}.values():
+                self.model.see(item, at)
+
+    @invariant()
+    def database_equals_model(self) -> None:
+        state = state_of(self.engine)
+        assert set(state) == set(self.model.numbers)
+        for number, expected in self.model.numbers.items():
+            first, last, removed, currency, price, stock_id = state[number]
+            assert (first, last, removed) == (
+                expected.first_seen,
+                expected.last_seen,
+                expected.removed_at,
+            ), number
+            assert (currency, price) == (expected.price.currency, expected.price.value)
+            assert stock_id == expected.stock_item_id
+        events, changes = history_counts(self.engine)
+        assert changes == self.model.price_changes
+        assert {k: v for k, v in events.items() if v} == {
+            k: v for k, v in self.model.events.items() if v
+        }
+
+    @invariant()
+    def timestamps_are_ordered_and_monotonic(self) -> None:
+        state = state_of(self.engine)
+        for number, (first, last, removed, *_) in state.items():
+            assert isinstance(first, datetime) and isinstance(last, datetime)
+            assert first <= last
+            if removed is not None:
+                assert isinstance(removed, datetime)
+                assert removed >= last
+            if number in self.previous:
+                previous_last = self.previous[number][1]
+                assert isinstance(previous_last, datetime)
+                assert last >= previous_last
+        self.previous = state
+
+
+HistoryMachine.TestCase.settings = settings(
+    max_examples=60,
+    stateful_step_count=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+@pytest.fixture
+def history_machine(template_db: Path) -> type[HistoryMachine]:
+    HistoryMachine.template = template_db
+    return HistoryMachine
+
+
+def test_history_matches_the_model(history_machine: type[HistoryMachine]) -> None:
+    from hypothesis.stateful import run_state_machine_as_test
+
+    run_state_machine_as_test(history_machine, settings=HistoryMachine.TestCase.settings)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    listings=st.lists(listing_strategy, min_size=1, max_size=5),
+    sizes=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+    seeds=st.tuples(st.integers(0, 99), st.integers(0, 99)),
+)
+def test_final_state_does_not_depend_on_page_size_or_order(
+    template_db: Path,
+    listings: list[Listing],
+    sizes: tuple[int, int],
+    seeds: tuple[int, int],
+) -> None:
+    results = []
+    for size, seed in zip(sizes, seeds, strict=True):
+        engine, folder = fresh_engine(template_db)
+        try:
+            cfg = Settings(countries=("NL",), max_removal_fraction=Decimal(1))
+            for i, listing in enumerate(listings):
+                at = T0 + timedelta(hours=i)
+                run(engine, cfg, listing_pages(listing, size, seed + i, at))
+            results.append((state_of(engine), history_counts(engine)))
+        finally:
+            engine.dispose()
+            shutil.rmtree(folder, ignore_errors=True)
+    assert results[0] == results[1]

@@ -1,0 +1,323 @@
+"""The sync end to end: real HTTP to the simulator, real SQLite, PostgreSQL and MariaDB.
+
+Every test runs on the three databases (the `db_url` fixture); in CI the PostgreSQL and
+MariaDB runs are required."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from etl.errors import LockHeld, SchemaOutOfDate
+from etl.simulator import Simulator, SyntheticStock
+from etl.store.lock import DatabaseLock
+from etl.store.schema import (
+    availability_snapshots,
+    number_events,
+    numbers,
+    price_changes,
+    rejected_items,
+    sync_runs,
+    sync_scopes,
+)
+from etl.sync import RunResult, Sync
+from tests.conftest import make_settings
+
+
+def sync(sim: Simulator, db_url: str, **kw: Any) -> RunResult:
+    run_kw = {k: kw.pop(k) for k in ("countries", "accept_removals") if k in kw}
+    return Sync(make_settings(sim, db_url, **kw), **run_kw).run()
+
+
+def row(engine: Engine, number: str) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(select(numbers).where(numbers.c.number == number)).one()
+
+
+def events(engine: Engine, event: str) -> list[str]:
+    with engine.connect() as conn:
+        return sorted(
+            conn.scalars(
+                select(numbers.c.number)
+                .join(number_events, number_events.c.number_id == numbers.c.id)
+                .where(number_events.c.event == event)
+            )
+        )
+
+
+def count(engine: Engine, table: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def test_first_sync_lists_everything_with_first_and_last_seen(
+    simulator: Simulator, stock: SyntheticStock, db_url: str, engine: Engine
+) -> None:
+    result = sync(simulator, db_url)
+    assert result.status == "succeeded"
+    assert result.exit_code == 0
+    total = len(stock.numbers())
+    assert result.total("listed") == total
+    assert count(engine, numbers) == total
+    assert len(events(engine, "listed")) == total
+    assert {s.scope.key: s.status for s in result.scopes} == {"US": "complete", "NL": "complete"}
+    with engine.connect() as conn:
+        first, last, removed = conn.execute(
+            select(numbers.c.first_seen_at, numbers.c.last_seen_at, numbers.c.removed_at)
+        ).first()  # type: ignore[misc]
+        run = conn.execute(select(sync_runs)).one()
+        snapshot_total = conn.scalar(select(func.sum(availability_snapshots.c.available_count)))
+    assert first == last
+    assert removed is None
+    assert first.tzinfo is not None and first.utcoffset().total_seconds() == 0
+    assert run.started_at <= first <= run.finished_at
+    assert run.listed == total
+    assert snapshot_total == total
+
+
+def test_second_sync_advances_last_seen_only(
+    simulator: Simulator, stock: SyntheticStock, db_url: str, engine: Engine
+) -> None:
+    sync(simulator, db_url)
+    number = stock.numbers("US")[0]
+    before = row(engine, number)
+    result = sync(simulator, db_url)
+    after = row(engine, number)
+    assert result.status == "succeeded"
+    assert after.first_seen_at == before.first_seen_at
+    assert after.last_seen_at > before.last_seen_at
+    assert count(engine, number_events) == len(stock.numbers())  # only the listed events
+    assert count(engine, price_changes) == 0
+
+
+def test_price_changes_recorded_once_and_equal_prices_ignored(
+    simulator: Simulator, stock: SyntheticStock, db_url: str, engine: Engine
+) -> None:
+    sync(simulator, db_url)
+    changed, respelled = stock.numbers("US")[:2]
+    stock.set_price(changed, 4990000, -6)
+    old = row(engine, respelled)
+    # The same price written another way: amount x 10^exponent is equal.
+    stock.set_price(respelled, old.price_amount // 10000, old.price_exponent + 4)
+    result = sync(simulator, db_url)
+    assert result.total("price_changes") == 1
+    with engine.connect() as conn:
+        (change,) = conn.execute(select(price_changes)).all()
+    assert change.number_id == row(engine, changed).id
+    assert str(change.new_monthly_price.normalize()) == "4.99"
+    assert change.new_currency == "EUR"
+    assert row(engine, changed).monthly_price == change.new_monthly_price
+    assert row(engine, respelled).monthly_price == old.monthly_price
+    sync(simulator, db_url)
+    assert count(engine, price_changes) == 1
+
+
+def test_failed_scope_removes_nothing_while_a_complete_one_does(
+    simulator: Simulator, stock: SyntheticStock, db_url: str, engine: Engine
+) -> None:
+    sync(simulator, db_url)
+    us_gone, nl_gone = stock.numbers("US")[5], stock.numbers("NL")[5]
+    stock.remove(us_gone)
+    stock.remove(nl_gone)
+    # NL fails on its second page on every try (the client gives up after its retries)
+    simulator.faults.add("status", status=400, times=0, country="NL", page=1)
+    result = sync(simulator, db_url, page_size=50)
+    statuses = {s.scope.key: s.status for s in result.scopes}
+    assert statuses == {"US": "complete", "NL": "failed"}
+    assert result.status == "partial"
+    assert result.exit_code == 1
+    assert row(engine, us_gone).removed_at is not None
+    assert row(engine, nl_gone).removed_at is None
+    assert events(engine, "removed") == [us_gone]
+    with engine.connect() as conn:
+        nl_scope = conn.execute(
+            select(sync_scopes)
+            .where(sync_scopes.c.country_code == "NL")
+            .order_by(sync_scopes.c.id.desc())
+        ).first()
+    assert nl_scope is not None
+    assert nl_scope.status == "failed"
+    assert "400" in (nl_scope.error or "")
+
+
+def test_removal_after_confirmations_at_first_missing_run(
+    simulator: Simulator, stock: SyntheticStock, db_url: str, engine: Engine
+) -> None:
+    sync(simulator, db_url, removal_confirmations=2)
+    gone = stock.numbers("NL")[3]
+    stock.remove(gone)
+    first_miss = sync(simulator, db_url, removal_confirmations=2)
+    assert row(engine, gone).removed_at is None
+    assert first_miss.total("removed") == 0
+    second_miss = sync(simulator, db_url, removal_confirmations=2)
+    assert second_miss.total("removed") == 1
+    removed = row(engine, gone)
+    with engine.connect() as conn:
+        first_run_nl = conn.execute(
+            select(sync_scopes.c.finished_at).where(
+                sync_scopes.c.run_id == first_miss.run_id, sync_scopes.c.country_code == "NL"
+            )
+        ).scalar_one()
+    # removed_at is when the first missing run completed the listing, not the second
+    assert removed.removed_at <= first_run_nl
+    assert removed.removed_at > removed.last_seen_at
+    assert events(engine, "removed") == [gone]
+
+
+def test_empty_listing_is_held_until_accepted(
+    simulator: Simulator, stock: SyntheticStock, db_url: str, engine: Engine
+) -> None:
+    sync(simulator, db_url)
+    us = set(stock.numbers("US"))
+    stock.clear("US")
+    held = sync(simulator, db_url)
+    statuses = {s.scope.key: s.status for s in held.scopes}
+    assert statuses == {"US": "held", "NL": "complete"}
+    assert held.status == "partial"
+    assert held.exit_code == 1
+    assert count(engine, number_events) == len(us) + len(stock.numbers("NL"))  # no removal
+    us_scope = next(s for s in held.scopes if s.scope.key == "US")
+    assert "--accept-removals US" in (us_scope.error or "")
+    accepted = sync(simulator, db_url, accept_removals=["US"])
+    assert accepted.status == "succeeded"
+    assert set(events(engine, "removed")) == us
+
+
+def test_relisting_keeps_first_seen(
+    simulator: Simulator, stock: SyntheticStock, db_url: str, engine: Engine
+) -> None:
+    sync(simulator, db_url)
+    number = stock.numbers("US")[7]
+    item = copy.deepcopy(next(i for i in stock.items("US") if i["numberString"] == number))
+    first_seen = row(engine, number).first_seen_at
+    stock.remove(number)
+    sync(simulator, db_url)
+    assert row(engine, number).removed_at is not None
+    stock.put(item)
+    result = sync(simulator, db_url)
+    back = row(engine, number)
+    assert result.total("relisted") == 1
+    assert back.removed_at is None
+    assert back.first_seen_at == first_seen
+    assert events(engine, "relisted") == [number]
+
+
+def test_new_stock_item_id_is_changed_not_removed(
+    simulator: Simulator, stock: SyntheticStock, db_url: str, engine: Engine
+) -> None:
+    sync(simulator, db_url)
+    number = stock.numbers("NL")[0]
+    item = copy.deepcopy(next(i for i in stock.items("NL") if i["numberString"] == number))
+    old_id = item["id"]
+    item["id"] = "5c1d2d10-0000-4000-8000-00000000beef"
+    stock.put(item)
+    result = sync(simulator, db_url)
+    assert result.total("changed") == 1
+    assert result.total("removed") == 0
+    assert row(engine, number).stock_item_id == item["id"]
+    with engine.connect() as conn:
+        detail = conn.scalar(
+            select(number_events.c.detail).where(number_events.c.event == "changed")
+        )
+    assert detail == f"stock_item_id: {old_id} -> {item['id']}"
+
+
+def test_rejected_item_is_stored_never_removed_and_keeps_its_price(
+    simulator: Simulator, stock: SyntheticStock, db_url: str, engine: Engine
+) -> None:
+    sync(simulator, db_url)
+    number = stock.numbers("US")[2]
+    item = copy.deepcopy(next(i for i in stock.items("US") if i["numberString"] == number))
+    price_before = row(engine, number).monthly_price
+    item["monthlyPrice"] = {"currencyCode": "EUR", "amount": "3.50", "exponent": -6}
+    stock.put(item)
+    result = sync(simulator, db_url)
+    assert result.status == "succeeded"
+    assert result.exit_code == 0
+    assert result.total("rejected") == 1
+    assert row(engine, number).removed_at is None
+    assert row(engine, number).monthly_price == price_before
+    assert count(engine, price_changes) == 0
+    with engine.connect() as conn:
+        rejected = conn.execute(select(rejected_items)).one()
+    assert rejected.number == number
+    assert "amount" in rejected.reason
+    assert '"3.50"' in rejected.payload
+
+
+def test_unreadable_rejected_item_blocks_removals_of_its_scope(
+    simulator: Simulator, stock: SyntheticStock, db_url: str, engine: Engine
+) -> None:
+    sync(simulator, db_url)
+    gone = stock.numbers("US")[1]
+    stock.remove(gone)
+    stock.put({"id": "x", "countryCode": "US", "numberString": 12125550000})
+    result = sync(simulator, db_url)
+    assert row(engine, gone).removed_at is None
+    assert result.total("removed") == 0
+    us = next(s for s in result.scopes if s.scope.key == "US")
+    assert "no readable number" in (us.error or "")
+
+
+def test_lock_held_by_another_sync(simulator: Simulator, db_url: str, engine: Engine) -> None:
+    other = DatabaseLock(engine, ttl=300, holder="elsewhere:1:abc")
+    other.acquire()
+    try:
+        with pytest.raises(LockHeld, match="another sync is running"):
+            sync(simulator, db_url)
+    finally:
+        other.release()
+    assert sync(simulator, db_url).status == "succeeded"
+
+
+def test_expired_lock_is_taken_over(simulator: Simulator, db_url: str, engine: Engine) -> None:
+    from datetime import UTC, timedelta
+
+    past = DatabaseLock(
+        engine,
+        ttl=10,
+        holder="crashed-host:1:abc",
+        clock=lambda: datetime.now(UTC) - timedelta(hours=1),
+    )
+    past.acquire()  # expired an hour ago, never released
+    assert sync(simulator, db_url).status == "succeeded"
+
+
+def test_sync_on_database_behind_migrations_says_so(
+    simulator: Simulator, empty_db_url: str
+) -> None:
+    with pytest.raises(SchemaOutOfDate, match="numbers-etl db upgrade"):
+        sync(simulator, empty_db_url)
+
+
+def test_timestamps_are_utc_aware_on_every_table(
+    simulator: Simulator, db_url: str, engine: Engine
+) -> None:
+    sync(simulator, db_url)
+    with engine.connect() as conn:
+        values = [
+            conn.scalar(select(sync_runs.c.started_at)),
+            conn.scalar(select(sync_scopes.c.finished_at)),
+            conn.scalar(select(number_events.c.occurred_at)),
+            conn.scalar(select(availability_snapshots.c.taken_at)),
+        ]
+    for value in values:
+        assert isinstance(value, datetime)
+        assert value.utcoffset() is not None
+        assert value.utcoffset().total_seconds() == 0
+
+
+def test_timestamps_keep_microseconds(engine: Engine) -> None:
+    from datetime import UTC, timedelta, timezone
+
+    moment = datetime(2026, 5, 17, 23, 59, 58, 123456, tzinfo=timezone(timedelta(hours=2)))
+    with engine.begin() as conn:
+        conn.execute(sync_runs.insert().values(started_at=moment, status="succeeded"))
+        stored = conn.scalar(select(sync_runs.c.started_at))
+    assert stored == moment
+    assert stored.tzinfo == UTC
+    assert stored.microsecond == 123456
