@@ -111,7 +111,7 @@ def test_access_key_from_file_never_shown(tmp_path: Path) -> None:
 
 
 def test_missing_access_key_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="NUMBERS_ETL_ACCESS_KEY_FILE=.*cannot be read"):
+    with pytest.raises(ConfigError, match=r"NUMBERS_ETL_ACCESS_KEY_FILE=.*cannot be read"):
         load_settings(env={"NUMBERS_ETL_ACCESS_KEY_FILE": str(tmp_path / "nope")})
 
 

@@ -73,7 +73,8 @@ def test_first_sync_lists_everything_with_first_and_last_seen(
         snapshot_total = conn.scalar(select(func.sum(availability_snapshots.c.available_count)))
     assert first == last
     assert removed is None
-    assert first.tzinfo is not None and first.utcoffset().total_seconds() == 0
+    assert first.tzinfo is not None
+    assert first.utcoffset().total_seconds() == 0
     assert run.started_at <= first <= run.finished_at
     assert run.listed == total
     assert snapshot_total == total
