@@ -1,0 +1,234 @@
+"""Validation of one Bird stock item into a StockItem, or a Rejection that says why.
+
+Every problem of an item is named in its rejection reason, with the field and the bad value
+(shortened). ``parse_item`` never raises, whatever JSON it is given."""
+
+from __future__ import annotations
+
+import functools
+import re
+from decimal import Decimal
+from typing import Any
+
+import pycountry
+
+from etl.records import DIRECTIONS, Price, Rejection, StockItem
+
+MAX_STRING = 256
+MAX_ID = 64
+MAX_TYPE = 32
+MAX_CHANNELS = 32
+MAX_AMOUNT = 10**18
+MIN_EXPONENT, MAX_EXPONENT = -12, 2
+MAX_PRICE = Decimal(10**12)
+
+E164_RE = re.compile(r"\+[1-9][0-9]{7,14}")
+COUNTRY_RE = re.compile(r"[A-Z]{2}")
+CURRENCY_RE = re.compile(r"[A-Z]{3}")
+TYPE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+CHANNEL_RE = re.compile(r"[a-z0-9_]{1,32}")
+PRINTABLE_RE = re.compile(r"[^\x00-\x1f\x7f]+")
+
+
+_MISSING: Any = object()  # a field that is not in the item at all
+
+
+class _Problems(list[str]):
+    """The problems found in one item, each naming its field and value."""
+
+    def add(self, field: str, value: Any, expected: str) -> None:
+        self.append(
+            f"{field} is missing" if value is _MISSING else f"{field} {show(value)} {expected}"
+        )
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """A short, readable rendering of a bad value for a rejection reason."""
+    try:
+        text = repr(value)
+    except Exception:  # a repr that fails must not break the parser
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@functools.cache
+def is_country(code: str) -> bool:
+    """An ISO 3166-1 alpha-2 code (upper case)."""
+    return bool(COUNTRY_RE.fullmatch(code)) and pycountry.countries.get(alpha_2=code) is not None
+
+
+@functools.cache
+def is_currency(code: str) -> bool:
+    """An ISO 4217 currency code (upper case)."""
+    return bool(CURRENCY_RE.fullmatch(code)) and pycountry.currencies.get(alpha_3=code) is not None
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def e164(value: Any) -> str | None:
+    """``value`` if it is an E.164 number string, else None."""
+    if isinstance(value, str) and E164_RE.fullmatch(value):
+        return value
+    return None
+
+
+def _string(item: dict[str, Any], field: str, problems: _Problems, limit: int) -> str | None:
+    value = item.get(field, _MISSING)
+    if not isinstance(value, str):
+        problems.add(field, value, "is not a string")
+    elif not value.strip():
+        problems.add(field, value, "is empty")
+    elif len(value) > limit:
+        problems.add(field, value, f"is longer than {limit} characters")
+    elif not PRINTABLE_RE.fullmatch(value):
+        problems.add(field, value, "contains control characters")
+    else:
+        return value
+    return None
+
+
+def _number(item: dict[str, Any], problems: _Problems) -> str | None:
+    value = item.get("numberString", _MISSING)
+    if e164(value) is None:
+        problems.add("numberString", value, "is not an E.164 number (+ and 8 to 15 digits)")
+        return None
+    return str(value)
+
+
+def _country(item: dict[str, Any], problems: _Problems) -> str | None:
+    value = item.get("countryCode", _MISSING)
+    if isinstance(value, str) and len(value) == 2 and is_country(value):
+        return value
+    problems.add("countryCode", value, "is not an ISO 3166-1 alpha-2 country code")
+    return None
+
+
+def _type(item: dict[str, Any], problems: _Problems) -> str | None:
+    value = _string(item, "type", problems, MAX_TYPE)
+    if value is None:
+        return None
+    normal = value.strip().lower()
+    if not TYPE_RE.fullmatch(normal):
+        problems.add("type", value, "is not a number type such as local, mobile or toll-free")
+        return None
+    return normal
+
+
+def _capabilities(item: dict[str, Any], problems: _Problems) -> tuple[tuple[str, bool], ...]:
+    value = item.get("capabilities", _MISSING)
+    if not isinstance(value, dict):
+        problems.add("capabilities", value, "is not an object of channel -> {inbound, outbound}")
+        return ()
+    if len(value) > MAX_CHANNELS:
+        problems.add("capabilities", value, f"has more than {MAX_CHANNELS} channels")
+        return ()
+    flags: list[tuple[str, bool]] = []
+    for channel, directions in value.items():
+        if not (isinstance(channel, str) and CHANNEL_RE.fullmatch(channel)):
+            problems.add("capabilities channel", channel, "is not a name of [a-z0-9_]{1,32}")
+            continue
+        if not isinstance(directions, dict):
+            problems.add(f"capabilities.{channel}", directions, "is not {inbound, outbound}")
+            continue
+        for direction in DIRECTIONS:
+            flag = directions.get(direction, _MISSING)
+            if isinstance(flag, bool):
+                flags.append((f"{channel}_{direction}", flag))
+            else:
+                problems.add(f"capabilities.{channel}.{direction}", flag, "is not true or false")
+    return tuple(sorted(flags))
+
+
+def _price(item: dict[str, Any], problems: _Problems) -> Price | None:
+    value = item.get("monthlyPrice", _MISSING)
+    if not isinstance(value, dict):
+        problems.add("monthlyPrice", value, "is not an object {currencyCode, amount, exponent}")
+        return None
+    before = len(problems)
+    currency = value.get("currencyCode", _MISSING)
+    if not (isinstance(currency, str) and len(currency) == 3 and is_currency(currency)):
+        problems.add("monthlyPrice.currencyCode", currency, "is not an ISO 4217 currency code")
+    amount = value.get("amount", _MISSING)
+    if not is_int(amount):
+        problems.add("monthlyPrice.amount", amount, "is not a whole number")
+    elif not 0 <= amount < MAX_AMOUNT:
+        problems.add("monthlyPrice.amount", amount, "is not between 0 and 10**18 - 1")
+    exponent = value.get("exponent", _MISSING)
+    if not is_int(exponent):
+        problems.add("monthlyPrice.exponent", exponent, "is not a whole number")
+    elif not MIN_EXPONENT <= exponent <= MAX_EXPONENT:
+        problems.add(
+            "monthlyPrice.exponent", exponent, f"is not between {MIN_EXPONENT} and {MAX_EXPONENT}"
+        )
+    if len(problems) > before:
+        return None
+    price = Price(currency=currency, amount=amount, exponent=exponent)
+    if price.value >= MAX_PRICE:
+        problems.add("monthlyPrice", value, "is 10**12 or more")
+        return None
+    return price
+
+
+def _back_order(item: dict[str, Any], problems: _Problems) -> tuple[bool, str | None]:
+    required = item.get("backOrderRequired")
+    if required is None:  # missing or null: no back order
+        required = False
+    elif not isinstance(required, bool):
+        problems.add("backOrderRequired", required, "is not true or false")
+    stock_id = item.get("backOrderStockId")
+    if stock_id == "":  # no back-order stock, written as an empty string
+        stock_id = None
+    elif stock_id is not None:
+        stock_id = _string(item, "backOrderStockId", problems, MAX_STRING)
+    return required is True, stock_id
+
+
+def _parse(raw: Any) -> StockItem | Rejection:
+    if not isinstance(raw, dict):
+        return Rejection(reason=f"item {show(raw)} is not a JSON object", payload=raw)
+    problems = _Problems()
+    number = _number(raw, problems)
+    stock_item_id = _string(raw, "id", problems, MAX_ID)
+    country = _country(raw, problems)
+    number_type = _type(raw, problems)
+    capabilities = _capabilities(raw, problems)
+    price = _price(raw, problems)
+    back_order_required, back_order_stock_id = _back_order(raw, problems)
+    if problems or not (number and stock_item_id and country and number_type and price):
+        return Rejection(reason="; ".join(problems), payload=raw, number=number)
+    return StockItem(
+        number=number,
+        stock_item_id=stock_item_id,
+        country_code=country,
+        number_type=number_type,
+        capabilities=capabilities,
+        price=price,
+        back_order_required=back_order_required,
+        back_order_stock_id=back_order_stock_id,
+    )
+
+
+def parse_item(raw: Any) -> StockItem | Rejection:
+    """A StockItem when ``raw`` is a valid Bird stock item, else a Rejection. Never raises."""
+    try:
+        return _parse(raw)
+    except Exception as exc:  # a bug here must cost one item, not the page
+        number = e164(raw.get("numberString")) if isinstance(raw, dict) else None
+        return Rejection(
+            reason=f"item could not be validated ({type(exc).__name__})", payload=raw, number=number
+        )
+
+
+def parse_results(results: list[Any]) -> tuple[list[StockItem], list[Rejection]]:
+    """The valid items and the rejections of one page's ``results``, in order."""
+    items: list[StockItem] = []
+    rejections: list[Rejection] = []
+    for raw in results:
+        parsed = parse_item(raw)
+        if isinstance(parsed, StockItem):
+            items.append(parsed)
+        else:
+            rejections.append(parsed)
+    return items, rejections

@@ -1,0 +1,332 @@
+"""BirdClient over real HTTP against the simulator, one fault at a time."""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from etl.config import Secret
+from etl.errors import (
+    AuthError,
+    FatalSourceError,
+    Interrupted,
+    PaginationError,
+    RetriesExhausted,
+    SourceError,
+)
+from etl.simulator import Simulator
+from etl.source.client import BirdClient, ClientStats, parse_retry_after
+from etl.source.ratelimit import RateLimiter
+from tests.conftest import ACCESS_KEY, ORGANIZATION_ID
+
+QUERY = {"countryCodes": ["US"], "limit": 5}
+
+
+class Waits(list[float]):
+    """A ``sleep`` that records the waits instead of sleeping; ``then`` runs on each."""
+
+    def __init__(self, then: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self.then = then
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+        if self.then is not None:
+            self.then()
+
+
+@pytest.fixture
+def waits() -> Waits:
+    return Waits()
+
+
+@pytest.fixture
+def make_client(simulator: Simulator, waits: Waits) -> Iterator[Callable[..., BirdClient]]:
+    clients: list[BirdClient] = []
+
+    def make(**options: Any) -> BirdClient:
+        options.setdefault("sleep", waits)
+        options.setdefault("rate_limiter", RateLimiter(1000))
+        key = options.pop("access_key", ACCESS_KEY)
+        org = options.pop("organization_id", ORGANIZATION_ID)
+        client = BirdClient(simulator.url, Secret(key), org, **options)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def client(make_client: Callable[..., BirdClient]) -> BirdClient:
+    return make_client()
+
+
+def served(sim: Simulator) -> list[int]:
+    return [r.status for r in sim.requests]
+
+
+def test_a_page(client: BirdClient, simulator: Simulator) -> None:
+    before = time.time()
+    body, fetched_at = client.fetch({"countryCodes": ["US", "NL"], "limit": 7})
+    assert len(body["results"]) == 7
+    assert isinstance(body["nextPageToken"], str)
+    assert fetched_at.tzinfo is not None
+    assert fetched_at.utcoffset() is not None
+    assert fetched_at.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+    assert fetched_at.timestamp() >= before
+    assert client.stats.snapshot() == {"requests": 1, "retries": 0, "errors": {}}
+
+
+def test_lists_are_sent_as_repeated_parameters(client: BirdClient, simulator: Simulator) -> None:
+    client.fetch({"countryCodes": ["US", "NL"], "types": ["mobile"], "limit": 99})
+    assert simulator.requests[-1].params["countryCodes"] == ["US", "NL"]
+    assert "countryCodes=US&countryCodes=NL" in simulator.requests[-1].query
+
+
+@pytest.mark.parametrize("retry_after", ["2", None])
+def test_429_is_retried(
+    client: BirdClient, simulator: Simulator, waits: Waits, retry_after: str | None
+) -> None:
+    simulator.faults.add("status", status=429, retry_after=retry_after, times=2)
+    body, _ = client.fetch(QUERY)
+    assert len(body["results"]) == 5
+    assert served(simulator) == [429, 429, 200]
+    assert len(waits) == 2
+    if retry_after is not None:
+        assert waits == [2.0, 2.0]
+    else:  # exponential backoff with full jitter: 0..0.5 s, then 0..1 s
+        assert 0 <= waits[0] <= 0.5
+        assert 0 <= waits[1] <= 1.0
+    assert client.stats.snapshot() == {"requests": 3, "retries": 2, "errors": {"429": 2}}
+
+
+def test_429_with_an_http_date(client: BirdClient, simulator: Simulator, waits: Waits) -> None:
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    simulator.faults.add("status", status=429, retry_after=when, times=1)
+    client.fetch(QUERY)
+    assert len(waits) == 1
+    assert 25 <= waits[0] <= 30
+
+
+def test_retry_after_is_capped_by_the_budget(
+    make_client: Callable[..., BirdClient], simulator: Simulator, waits: Waits
+) -> None:
+    client = make_client(max_total_wait=5.0)
+    simulator.faults.add("status", status=429, retry_after="3", times=10)
+    with pytest.raises(RetriesExhausted) as raised:
+        client.fetch(QUERY)
+    assert waits == [3.0, 2.0]  # 3 s, then only the 2 s left of the budget
+    assert sum(waits) <= 5.0
+    message = str(raised.value)
+    assert "429" in message
+    assert "3 times" in message
+    assert f"/organizations/{ORGANIZATION_ID}/numbers-stock-items" in message
+
+
+def test_a_retry_after_beyond_the_budget_waits_only_the_budget(
+    client: BirdClient, simulator: Simulator, waits: Waits
+) -> None:
+    simulator.faults.add("status", status=429, retry_after="3600", times=1)
+    client.fetch(QUERY)
+    assert waits == [60.0]
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_5xx_then_success(client: BirdClient, simulator: Simulator, status: int) -> None:
+    simulator.faults.add("status", status=status, times=2)
+    body, _ = client.fetch(QUERY)
+    assert len(body["results"]) == 5
+    assert served(simulator) == [status, status, 200]
+    assert client.stats.snapshot()["errors"] == {str(status): 2}
+
+
+def test_retries_are_exhausted(client: BirdClient, simulator: Simulator, waits: Waits) -> None:
+    simulator.faults.add("status", status=503, times=100)
+    with pytest.raises(RetriesExhausted) as raised:
+        client.fetch(QUERY)
+    assert served(simulator) == [503] * 6
+    assert len(waits) == 5
+    message = str(raised.value)
+    assert "503 Service Unavailable" in message
+    assert "failed 6 times" in message
+    assert f"GET /organizations/{ORGANIZATION_ID}/numbers-stock-items" in message
+    assert client.stats.snapshot() == {"requests": 6, "retries": 5, "errors": {"503": 6}}
+
+
+def test_max_attempts(make_client: Callable[..., BirdClient], simulator: Simulator) -> None:
+    client = make_client(max_attempts=2)
+    simulator.faults.add("status", status=500, times=100)
+    with pytest.raises(RetriesExhausted, match="failed 2 times"):
+        client.fetch(QUERY)
+    assert served(simulator) == [500, 500]
+
+
+def test_connection_closed_mid_body_then_success(client: BirdClient, simulator: Simulator) -> None:
+    simulator.faults.add("disconnect", times=1)
+    body, _ = client.fetch(QUERY)
+    assert len(body["results"]) == 5
+    assert client.stats.snapshot()["errors"] == {"ChunkedEncodingError": 1}
+
+
+def test_a_slow_response_is_retried(
+    make_client: Callable[..., BirdClient], simulator: Simulator
+) -> None:
+    """The first try times out; the server is quick again by the time of the retry."""
+    client = make_client(read_timeout=0.2, sleep=Waits(then=simulator.faults.clear))
+    simulator.faults.set_latency(2.0)
+    body, _ = client.fetch(QUERY)
+    assert len(body["results"]) == 5
+    assert client.stats.snapshot()["errors"] == {"ReadTimeout": 1}
+
+
+def test_an_unreachable_server_exhausts_retries(waits: Waits) -> None:
+    client = BirdClient(
+        "http://127.0.0.1:9",  # discard port: nothing listens
+        Secret(ACCESS_KEY),
+        ORGANIZATION_ID,
+        rate_limiter=RateLimiter(1000),
+        connect_timeout=0.5,
+        sleep=waits,
+    )
+    with client, pytest.raises(RetriesExhausted) as raised:
+        client.fetch(QUERY)
+    assert "ConnectionError" in str(raised.value)
+    assert "pageToken" not in str(raised.value)
+
+
+def test_an_html_page_is_not_json(client: BirdClient, simulator: Simulator) -> None:
+    simulator.faults.add("html")
+    with pytest.raises(PaginationError) as raised:
+        client.fetch(QUERY)
+    message = str(raised.value)
+    assert "body was not JSON" in message
+    assert "Content-Type: text/html" in message
+    assert "<" in message
+    assert served(simulator) == [200]  # not retried
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_refused_access_is_an_auth_error(
+    client: BirdClient, simulator: Simulator, status: int
+) -> None:
+    simulator.faults.add("status", status=status)
+    with pytest.raises(AuthError) as raised:
+        client.fetch(QUERY)
+    message = str(raised.value)
+    assert str(status) in message
+    assert "access key or organization id" in message
+    assert "NUMBERS_ETL_ACCESS_KEY" in message
+    assert len(simulator.requests) == 1  # not retried
+
+
+def test_a_wrong_access_key(make_client: Callable[..., BirdClient]) -> None:
+    client = make_client(access_key="wrong-key-1234")
+    with pytest.raises(AuthError) as raised:
+        client.fetch(QUERY)
+    assert "wrong-key-1234" not in str(raised.value)
+
+
+def test_a_wrong_organization(make_client: Callable[..., BirdClient]) -> None:
+    client = make_client(organization_id="someone-else")
+    with pytest.raises(AuthError, match="organizations/someone-else"):
+        client.fetch(QUERY)
+
+
+def test_another_4xx_is_fatal(client: BirdClient, simulator: Simulator) -> None:
+    simulator.faults.add("status", status=400)
+    with pytest.raises(FatalSourceError) as raised:
+        client.fetch(QUERY)
+    assert not isinstance(raised.value, AuthError)
+    assert "400 Bad Request" in str(raised.value)
+    assert len(simulator.requests) == 1
+
+
+def test_the_access_key_never_shows(
+    make_client: Callable[..., BirdClient],
+    simulator: Simulator,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = make_client(max_attempts=3)
+    caplog.set_level(logging.DEBUG)
+    messages: list[str] = [repr(client), repr(client.stats), str(vars(client))]
+    faults: list[tuple[str, dict[str, Any]]] = [
+        ("status", {"status": 503, "times": 3}),
+        ("status", {"status": 429, "retry_after": "1", "times": 3}),
+        ("status", {"status": 401}),
+        ("status", {"status": 400}),
+        ("html", {}),
+        ("disconnect", {"times": 3}),
+    ]
+    for fault, options in faults:
+        simulator.faults.clear()
+        simulator.faults.add(fault, **options)
+        with pytest.raises(SourceError) as raised:
+            client.fetch(QUERY)
+        messages.append(str(raised.value))
+        messages.append(repr(raised.value))
+    messages.extend(record.getMessage() for record in caplog.records)
+    messages.extend(str(vars(record)) for record in caplog.records)
+    assert any(r.name == "etl.source" and r.levelno == logging.WARNING for r in caplog.records)
+    for message in messages:
+        assert ACCESS_KEY not in message
+
+
+def test_a_set_stop_interrupts_before_sending(make_client: Callable[..., BirdClient]) -> None:
+    stop = threading.Event()
+    client = make_client(stop=stop, sleep=None)
+    stop.set()
+    with pytest.raises(Interrupted):
+        client.fetch(QUERY)
+
+
+def test_stop_set_while_waiting_to_retry(
+    make_client: Callable[..., BirdClient], simulator: Simulator
+) -> None:
+    stop = threading.Event()
+    client = make_client(stop=stop, sleep=None)
+    simulator.faults.add("status", status=429, retry_after="30", times=1)
+    threading.Timer(0.1, stop.set).start()
+    with pytest.raises(Interrupted):
+        client.fetch(QUERY)
+    assert len(simulator.requests) == 1
+
+
+def test_threads_share_one_client(client: BirdClient) -> None:
+    stats = ClientStats()
+    client.stats = stats
+    errors: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            for _ in range(5):
+                client.fetch(QUERY)
+        except BaseException as exc:  # collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fetch) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert stats.snapshot()["requests"] == 80
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("5", 5.0), (" 7 ", 7.0), (None, None), ("", None), ("soon", None), ("-3", None)],
+)
+def test_parse_retry_after(header: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(header) == seconds
+
+
+def test_parse_retry_after_in_the_past_is_zero() -> None:
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0

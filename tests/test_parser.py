@@ -1,0 +1,256 @@
+"""The item parser: valid items, every rejection reason, and two properties."""
+
+from __future__ import annotations
+
+import copy
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from etl.records import Price, Rejection, StockItem
+from etl.source.parser import parse_item, parse_results
+
+
+def bird_item(**changes: Any) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "id": "9b1d0c3e-4c8a-4f7e-9d2b-2f5a6c7d8e9f",
+        "countryCode": "NL",
+        "type": "mobile",
+        "numberString": "+31612345678",
+        "capabilities": {
+            "voice": {"inbound": True, "outbound": False},
+            "sms": {"inbound": True, "outbound": True},
+            "mms": {"inbound": False, "outbound": False},
+        },
+        "monthlyPrice": {"currencyCode": "EUR", "amount": 3500000, "exponent": -6},
+        "backOrderRequired": False,
+        "backOrderStockId": None,
+    }
+    item.update(changes)
+    return item
+
+
+def rejected(raw: Any) -> Rejection:
+    result = parse_item(raw)
+    assert isinstance(result, Rejection), result
+    return result
+
+
+def test_valid_item() -> None:
+    raw = bird_item()
+    item = parse_item(raw)
+    assert item == StockItem(
+        number="+31612345678",
+        stock_item_id="9b1d0c3e-4c8a-4f7e-9d2b-2f5a6c7d8e9f",
+        country_code="NL",
+        number_type="mobile",
+        capabilities=(
+            ("mms_inbound", False),
+            ("mms_outbound", False),
+            ("sms_inbound", True),
+            ("sms_outbound", True),
+            ("voice_inbound", True),
+            ("voice_outbound", False),
+        ),
+        price=Price("EUR", 3500000, -6),
+        back_order_required=False,
+        back_order_stock_id=None,
+    )
+    assert item.price.value == Decimal("3.5")
+
+
+def test_back_order_fields() -> None:
+    raw = bird_item(backOrderRequired=True, backOrderStockId="bo-1")
+    item = parse_item(raw)
+    assert isinstance(item, StockItem)
+    assert (item.back_order_required, item.back_order_stock_id) == (True, "bo-1")
+    del raw["backOrderRequired"], raw["backOrderStockId"]
+    item = parse_item(raw)
+    assert isinstance(item, StockItem)
+    assert (item.back_order_required, item.back_order_stock_id) == (False, None)
+
+
+def test_unknown_channels_and_types_are_kept() -> None:
+    caps = {
+        "whatsapp": {"inbound": True, "outbound": False},
+        "rcs_2": {"inbound": False, "outbound": True},
+    }
+    item = parse_item(bird_item(capabilities=caps, type="Shared-Cost"))
+    assert isinstance(item, StockItem)
+    assert item.capabilities == (
+        ("rcs_2_inbound", False),
+        ("rcs_2_outbound", True),
+        ("whatsapp_inbound", True),
+        ("whatsapp_outbound", False),
+    )
+    assert item.capability("whatsapp_inbound") is True
+    assert item.capability("voice_inbound") is False
+    assert item.number_type == "shared-cost"
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"numberString": "0612345678"}, "numberString '0612345678' is not an E.164 number"),
+        ({"numberString": "+0612345678"}, "numberString '+0612345678' is not an E.164"),
+        ({"numberString": "+1234567"}, "numberString '+1234567' is not an E.164"),
+        ({"numberString": "+1234567890123456"}, "numberString '+1234567890123456' is not"),
+        ({"numberString": 31612345678}, "numberString 31612345678 is not an E.164"),
+        ({"countryCode": "XX"}, "countryCode 'XX' is not an ISO 3166-1 alpha-2"),
+        ({"countryCode": "nl"}, "countryCode 'nl' is not an ISO 3166-1 alpha-2"),
+        ({"countryCode": None}, "countryCode None is not"),
+        ({"type": ""}, "type '' is empty"),
+        ({"type": "x" * 33}, "type 'xxxxxxxx"),
+        ({"type": "local number!"}, "type 'local number!' is not a number type"),
+        ({"type": 5}, "type 5 is not a string"),
+        ({"id": ""}, "id '' is empty"),
+        ({"id": "i" * 65}, "is longer than 64 characters"),
+        ({"id": 17}, "id 17 is not a string"),
+        ({"capabilities": []}, "capabilities [] is not an object"),
+        ({"capabilities": {"Voice": {"inbound": True, "outbound": True}}}, "channel 'Voice'"),
+        ({"capabilities": {"sms": True}}, "capabilities.sms True is not {inbound, outbound}"),
+        ({"capabilities": {"sms": {"inbound": "yes", "outbound": True}}}, "sms.inbound 'yes'"),
+        ({"capabilities": {"sms": {"inbound": True}}}, "capabilities.sms.outbound is missing"),
+        ({"monthlyPrice": None}, "monthlyPrice None is not an object"),
+        ({"monthlyPrice": {"currencyCode": "EURO", "amount": 1, "exponent": 0}}, "'EURO'"),
+        ({"monthlyPrice": {"currencyCode": "XYZ", "amount": 1, "exponent": 0}}, "'XYZ' is not"),
+        ({"monthlyPrice": {"currencyCode": "eur", "amount": 1, "exponent": 0}}, "ISO 4217"),
+        ({"monthlyPrice": {"currencyCode": "EUR", "amount": 3.5, "exponent": 0}}, "amount 3.5"),
+        ({"monthlyPrice": {"currencyCode": "EUR", "amount": "35", "exponent": 0}}, "'35' is not"),
+        ({"monthlyPrice": {"currencyCode": "EUR", "amount": True, "exponent": 0}}, "amount True"),
+        ({"monthlyPrice": {"currencyCode": "EUR", "amount": -1, "exponent": 0}}, "amount -1 is"),
+        ({"monthlyPrice": {"currencyCode": "EUR", "amount": 10**18, "exponent": -9}}, "10**18"),
+        ({"monthlyPrice": {"currencyCode": "EUR", "amount": 1, "exponent": 3}}, "exponent 3 is"),
+        ({"monthlyPrice": {"currencyCode": "EUR", "amount": 1, "exponent": -13}}, "-13 is not"),
+        ({"monthlyPrice": {"currencyCode": "EUR", "amount": 1, "exponent": 1.0}}, "exponent 1.0"),
+        ({"monthlyPrice": {"currencyCode": "EUR", "amount": 10**12, "exponent": 0}}, "10**12"),
+        ({"monthlyPrice": {"currencyCode": "EUR", "amount": 1}}, "exponent is missing"),
+        ({"backOrderRequired": "no"}, "backOrderRequired 'no' is not true or false"),
+        ({"backOrderStockId": 5}, "backOrderStockId 5 is not a string"),
+        ({"backOrderStockId": "b" * 257}, "longer than 256 characters"),
+    ],
+)
+def test_rejection_reasons(changes: dict[str, Any], reason: str) -> None:
+    raw = bird_item(**changes)
+    result = rejected(raw)
+    assert reason in result.reason
+    assert result.payload is raw
+    readable = isinstance(raw["numberString"], str) and raw["numberString"] == "+31612345678"
+    assert result.number == ("+31612345678" if readable else None)
+
+
+@pytest.mark.parametrize(
+    "field", ["id", "countryCode", "type", "numberString", "capabilities", "monthlyPrice"]
+)
+def test_a_missing_required_field_is_named(field: str) -> None:
+    raw = bird_item()
+    del raw[field]
+    assert f"{field} is missing" in rejected(raw).reason
+
+
+def test_every_problem_is_named_and_long_values_are_shortened() -> None:
+    raw = bird_item(numberString="+1" + "9" * 300, countryCode="ZZ")
+    reason = rejected(raw).reason
+    assert "numberString '+1999" in reason
+    assert "countryCode 'ZZ'" in reason
+    assert "9" * 100 not in reason
+
+
+@pytest.mark.parametrize("raw", [None, 5, "item", [bird_item()], 1.5])
+def test_an_item_that_is_not_an_object(raw: Any) -> None:
+    result = rejected(raw)
+    assert "is not a JSON object" in result.reason
+    assert result.number is None
+
+
+def test_parse_results_keeps_order_and_the_rest_of_the_page() -> None:
+    good = [bird_item(numberString=f"+3161234567{i}") for i in range(3)]
+    bad = bird_item(monthlyPrice={"currencyCode": "EUR"})
+    items, rejections = parse_results([good[0], bad, good[1], "junk", good[2]])
+    assert [i.number for i in items] == ["+31612345670", "+31612345671", "+31612345672"]
+    assert [r.payload for r in rejections] == [bad, "junk"]
+
+
+# --- properties ---------------------------------------------------------------------------
+
+prices = st.builds(
+    lambda amount, exponent: (amount, exponent),
+    st.integers(0, 10**9),
+    st.integers(-9, 2),
+)
+
+
+def same_price_forms(amount: int, exponent: int, shift: int) -> tuple[int, int]:
+    """The same value with ``shift`` more decimal places: 35, -1 -> 3500000, -6."""
+    return amount * 10**shift, exponent - shift
+
+
+def price_of(amount: int, exponent: int, currency: str = "EUR") -> Price:
+    item = parse_item(
+        bird_item(monthlyPrice={"currencyCode": currency, "amount": amount, "exponent": exponent})
+    )
+    assert isinstance(item, StockItem), item
+    return item.price
+
+
+@given(prices, st.integers(0, 3))
+def test_equal_prices_in_different_forms_compare_equal(price: tuple[int, int], shift: int) -> None:
+    amount, exponent = price
+    other_amount, other_exponent = same_price_forms(amount, exponent, shift)
+    first, second = price_of(amount, exponent), price_of(other_amount, other_exponent)
+    assert first.same_as(second)
+    assert second.same_as(first)
+    assert first.value == second.value
+
+
+@given(prices, prices)
+def test_different_prices_do_not_compare_equal(a: tuple[int, int], b: tuple[int, int]) -> None:
+    first, second = price_of(*a), price_of(*b)
+    equal = Decimal(a[0]) * Decimal(10) ** a[1] == Decimal(b[0]) * Decimal(10) ** b[1]
+    assert first.same_as(second) is equal
+    assert (first.value == second.value) is equal
+    assert not first.same_as(price_of(*a, currency="USD"))
+    assert not first.same_as(None)
+
+
+json_like = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=20)
+    | st.sampled_from(["+31612345678", "NL", "EUR", "mobile", "inbound", "outbound"]),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from([*list(bird_item()), "voice", "inbound", "outbound", "amount"])
+            | st.text(max_size=8),
+            children,
+            max_size=6,
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@given(json_like)
+def test_parse_never_raises_on_arbitrary_json(raw: Any) -> None:
+    result = parse_item(raw)
+    assert isinstance(result, StockItem | Rejection)
+
+
+@given(
+    st.dictionaries(st.sampled_from(list(bird_item())), json_like, max_size=4),
+)
+def test_parse_never_raises_on_a_partly_broken_item(changes: dict[str, Any]) -> None:
+    raw = bird_item(**changes)
+    before = copy.deepcopy(raw)
+    result = parse_item(raw)
+    assert isinstance(result, StockItem | Rejection)
+    assert raw == before  # the payload is kept as given
+    if isinstance(result, Rejection):
+        assert result.reason
+        assert result.payload is raw
