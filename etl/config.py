@@ -76,9 +76,13 @@ class Settings:
         if missing:
             raise ConfigError(
                 [
-                    f"{k} is required: set it in the config file, with {ENV_PREFIX}{k.upper()}"
-                    f" or with --{k.replace('_', '-')}"
-                    + (f" (or {ACCESS_KEY_FILE_ENV})" if k == "access_key" else "")
+                    f"{k} is required: set it in the config file or with {ENV_PREFIX}{k.upper()}"
+                    + (
+                        f" or {ACCESS_KEY_FILE_ENV} (there is no flag for it: a command line"
+                        " is visible to every user of the host)"
+                        if k == "access_key"
+                        else f" or with --{k.replace('_', '-')}"
+                    )
                     for k in missing
                 ]
             )

@@ -301,7 +301,8 @@ class HistoryMachine(RuleBasedStateMachine):
     def timestamps_are_ordered_and_monotonic(self) -> None:
         state = state_of(self.engine)
         for number, (first, last, removed, *_) in state.items():
-            assert isinstance(first, datetime) and isinstance(last, datetime)
+            assert isinstance(first, datetime)
+            assert isinstance(last, datetime)
             assert first <= last
             if removed is not None:
                 assert isinstance(removed, datetime)
