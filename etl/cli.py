@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import functools
+import logging
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, NoReturn
+from contextlib import contextmanager, nullcontext
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from etl import __version__
-from etl.config import Settings, load_settings, redact_url
+from etl.config import DEFAULT_DATABASE_URL, PARSERS, Settings, load_settings, redact_url
 from etl.errors import (
     AuthError,
     ConfigError,
@@ -22,10 +25,14 @@ from etl.errors import (
     LockHeld,
     SchemaOutOfDate,
 )
-from etl.logs import setup_logging
+from etl.logs import register_secret, setup_logging
 from etl.sync import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, RunResult
 
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
 F = Callable[..., Any]
+log = logging.getLogger("etl.cli")
 
 
 def _exit_code(exc: EtlError) -> int:
@@ -36,15 +43,25 @@ def _exit_code(exc: EtlError) -> int:
     return EXIT_FAILED
 
 
+def _json_logs(ctx: click.Context) -> bool:
+    root = ctx.find_root()
+    return bool(root.obj and root.obj.get("log_format") == "json")
+
+
 class Group(click.Group):
-    """Turns numbers-etl's errors into one `Error: ...` message and the contract's exit code."""
+    """Turns numbers-etl's errors into one `Error: ...` message (a JSON log line with
+    ``--log-format json``) and the contract's exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except EtlError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(_exit_code(exc))
+            code = _exit_code(exc)
+            if _json_logs(ctx):
+                log.error("%s", exc, extra={"exit_code": code})
+            else:
+                click.echo(f"Error: {exc}", err=True)
+            ctx.exit(code)
 
 
 # Configuration keys that can be given as flags. The access key has no flag on purpose: a
@@ -54,6 +71,7 @@ CONFIG_FLAGS: list[tuple[str, str]] = [
     ("api_url", "Bird API base URL. [env NUMBERS_ETL_API_URL]"),
     ("organization_id", "Bird organization id. [env NUMBERS_ETL_ORGANIZATION_ID]"),
     ("countries", "Countries, comma-separated ISO codes. [env NUMBERS_ETL_COUNTRIES]"),
+    ("types", "Only these number types, comma-separated. [env NUMBERS_ETL_TYPES]"),
     ("page_size", "Items per page, 1..99. [env NUMBERS_ETL_PAGE_SIZE]"),
     ("max_requests_per_second", "Client-side rate limit. [env ..._MAX_REQUESTS_PER_SECOND]"),
     ("concurrency", "Countries fetched in parallel. [env NUMBERS_ETL_CONCURRENCY]"),
@@ -61,6 +79,7 @@ CONFIG_FLAGS: list[tuple[str, str]] = [
     ("removal_confirmations", "Complete runs that must miss a number before removal."),
     ("max_removal_fraction", "Share of a scope above which removals are held."),
     ("max_pages", "Pages per scope before it fails (runaway guard)."),
+    ("lock_ttl_seconds", "Seconds after which a dead holder's sync lock expires."),
 ]
 
 
@@ -71,6 +90,9 @@ def config_options(func: F) -> F:
     def wrapper(*args: Any, config: str | None, **kwargs: Any) -> Any:
         flags = {key: kwargs.pop(key) for key, _ in CONFIG_FLAGS}
         settings = load_settings(flags, config_path=config)
+        if settings.access_key is not None:
+            register_secret(settings.access_key.reveal())
+        register_secret(_db_password(settings.database_url))
         return func(*args, settings=settings, **kwargs)
 
     for key, help_text in reversed(CONFIG_FLAGS):
@@ -87,6 +109,30 @@ def config_options(func: F) -> F:
     return wrapper
 
 
+def _db_password(url: str) -> str | None:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).password
+
+
+def metrics_file_option(func: F) -> F:
+    def check(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Path | None:
+        if value is None:
+            return None
+        path = Path(value)
+        if not path.parent.is_dir():
+            raise click.BadParameter(f"the directory {str(path.parent)!r} does not exist")
+        return path
+
+    return click.option(
+        "--metrics-file",
+        type=click.Path(dir_okay=False),
+        callback=check,
+        help="Write Prometheus metrics to this file after each run (for node_exporter's "
+        "textfile collector; name it *.prom).",
+    )(func)
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="numbers-etl")
 @click.option(
@@ -98,11 +144,13 @@ def config_options(func: F) -> F:
 )
 @click.option("-v", "--verbose", count=True, help="More log output (repeatable).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
-def cli(log_format: str, verbose: int, quiet: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, log_format: str, verbose: int, quiet: bool) -> None:
     """numbers-etl keeps an exact SQL history of the phone numbers Bird offers for sale.
 
     Exit codes: 0 every country synced; 1 the run failed or was partial; 2 configuration
     or usage error; 75 another sync holds the lock; 143 stopped by SIGTERM."""
+    ctx.obj = {"log_format": log_format, "quiet": quiet, "verbose": verbose}
     setup_logging(log_format, -1 if quiet else verbose)
 
 
@@ -115,7 +163,7 @@ def stop_on_signals() -> Iterator[threading.Event]:
         return
 
     def handler(signum: int, _frame: Any) -> None:
-        click.echo(f"{signal.Signals(signum).name}: stopping after the page in flight...", err=True)
+        log.warning("%s: stopping after the page in flight", signal.Signals(signum).name)
         stop.set()
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -127,8 +175,6 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
 
 def _country_list(values: tuple[str, ...]) -> list[str]:
-    from etl.config import PARSERS
-
     if not values:
         return []
     try:
@@ -137,64 +183,25 @@ def _country_list(values: tuple[str, ...]) -> list[str]:
         raise ConfigError([f"--country {','.join(values)}: {exc}"]) from None
 
 
-def print_summary(result: RunResult) -> None:
-    seconds = ((result.finished_at or result.started_at) - result.started_at).total_seconds()
-    click.echo(
-        f"run {result.run_id} {result.status} in {seconds:.1f}s: "
-        f"{result.total('items')} numbers on {result.total('pages')} pages; "
-        f"listed {result.total('listed')}, removed {result.total('removed')}, "
-        f"relisted {result.total('relisted')}, changed {result.total('changed')}, "
-        f"price changes {result.total('price_changes')}, rejected {result.total('rejected')}"
-    )
-    header: tuple[str, ...] = (
-        "scope",
-        "status",
-        "pages",
-        "numbers",
-        "listed",
-        "removed",
-        "relisted",
-    )
-    header += ("changed", "prices", "rejected")
-    rows = [header] + [
-        (
-            s.scope.key,
-            s.status,
-            *(
-                str(getattr(s, n))
-                for n in (
-                    "pages",
-                    "items",
-                    "listed",
-                    "removed",
-                    "relisted",
-                    "changed",
-                    "price_changes",
-                    "rejected",
-                )
-            ),
-        )
-        for s in result.scopes
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    for row in rows:
-        click.echo(
-            "  "
-            + "  ".join(
-                cell.ljust(w) if i < 2 else cell.rjust(w)
-                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-            ).rstrip()
-        )
-    for s in result.scopes:
-        if s.error:
-            click.echo(f"  {s.scope.key}: {s.error}")
+def _report(result: RunResult) -> None:
+    from etl.report import run_fields, scope_table, summary_line
+
+    if _json_logs(click.get_current_context()):
+        log.info("%s", summary_line(result), extra=run_fields(result))
+    else:
+        click.echo(summary_line(result))
+        for line in scope_table(result):
+            click.echo(line)
+    if result.auth_failed:
+        raise AuthError(result.error or "Bird refused the access key or organization id")
 
 
 @cli.command()
 @click.option(
     "--country",
-    "countries",
+    "only",
     multiple=True,
+    metavar="CC",
     help="Sync only this country (repeatable); default: every configured country.",
 )
 @click.option("--dry-run", is_flag=True, help="Fetch and report what would change; write nothing.")
@@ -205,14 +212,24 @@ def print_summary(result: RunResult) -> None:
     metavar="CC",
     help="Let a held country's removals through, once (repeatable).",
 )
+@metrics_file_option
 @config_options
+@click.pass_context
 def sync(
-    settings: Settings, countries: tuple[str, ...], dry_run: bool, accept: tuple[str, ...]
+    ctx: click.Context,
+    settings: Settings,
+    only: tuple[str, ...],
+    dry_run: bool,
+    accept: tuple[str, ...],
+    metrics_file: Path | None,
 ) -> NoReturn:
-    """Run one sync (for cron and systemd timers)."""
+    """Run one sync (for cron and systemd timers).
+
+    Shows a progress line (pages and numbers per country) when stderr is a terminal."""
+    from etl.progress import Progress
     from etl.sync import Sync
 
-    chosen = _country_list(countries)
+    chosen = _country_list(only)
     accepted = _country_list(accept)
     settings.require("access_key", "organization_id", *(() if chosen else ("countries",)))
     if dry_run:
@@ -222,12 +239,126 @@ def sync(
             report = run_dry(settings, countries=chosen, stop=stop)
         click.echo(report.render())
         sys.exit(report.exit_code)
-    with stop_on_signals() as stop:
-        result = Sync(settings, countries=chosen, accept_removals=accepted, stop=stop).run()
-    print_summary(result)
-    if result.auth_failed:
-        click.echo(f"Error: {result.error}", err=True)
+    opts = ctx.find_root().obj
+    progress = Progress() if Progress.wanted(opts["quiet"], opts["log_format"]) else None
+    result: RunResult | None = None
+    try:
+        with stop_on_signals() as stop, progress or nullcontext():
+            result = Sync(
+                settings,
+                countries=chosen,
+                accept_removals=accepted,
+                stop=stop,
+                on_page=progress.on_page if progress else None,
+            ).run()
+    finally:
+        if metrics_file is not None:
+            from etl.metrics import outcome_of, write_file
+
+            outcome = outcome_of(result, sys.exc_info()[1])
+            write_file(metrics_file, settings.database_url, result, outcome)
+    _report(result)
     sys.exit(result.exit_code)
+
+
+@cli.command()
+@click.option("--run-now", is_flag=True, help="Run a sync at start, then on the schedule.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics on this port at /metrics.",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics port listens on (0.0.0.0: every interface).",
+)
+@metrics_file_option
+@config_options
+def schedule(
+    settings: Settings,
+    run_now: bool,
+    metrics_port: int | None,
+    metrics_host: str,
+    metrics_file: Path | None,
+) -> None:
+    """Run syncs on the `schedule` setting until SIGTERM (a long-running service).
+
+    Never two syncs at once, in this process or across hosts (the database lock). SIGTERM
+    or Ctrl-C: no new runs; the run in flight stops after its page; exit 0."""
+    from etl.metrics import Metrics
+    from etl.scheduler import SyncScheduler
+
+    settings.require("access_key", "organization_id", "countries")
+    metrics = Metrics() if metrics_port is not None or metrics_file is not None else None
+    try:
+        if metrics is not None and metrics_port is not None:
+            try:
+                metrics.serve(metrics_port, metrics_host)
+            except OSError as exc:
+                raise ConfigError(
+                    [f"--metrics-port {metrics_port}: cannot listen on {metrics_host}: {exc}"]
+                ) from None
+        SyncScheduler(settings, metrics=metrics, metrics_file=metrics_file).run_forever(
+            run_now=run_now
+        )
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+def _max_age(_ctx: click.Context, _param: click.Parameter, value: str) -> timedelta:
+    from etl.status import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@cli.command()
+@click.option(
+    "--max-age",
+    default="12h",
+    show_default=True,
+    callback=_max_age,
+    help="Unhealthy when the last successful sync is older (90s, 30m, 12h, 2d).",
+)
+@config_options
+def status(settings: Settings, max_age: timedelta) -> NoReturn:
+    """Last run, last successful run, per-country state; exit 1 when unhealthy.
+
+    Unhealthy: no successful sync yet, the last one older than --max-age, or the last
+    finished run failed, partial or abandoned. For monitoring checks."""
+    from etl.status import read_status
+    from etl.store.engine import sqlite_path
+    from etl.store.migrate import check_schema
+
+    path = sqlite_path(settings.database_url)
+    if path is not None and not path.exists():
+        click.echo(f"PROBLEM: no database at {path}: no sync has run yet")
+        sys.exit(EXIT_FAILED)
+    with _engine(settings) as engine:
+        check_schema(engine)
+        report = read_status(engine, now=datetime.now(UTC), max_age=max_age)
+    click.echo(report.render())
+    sys.exit(report.exit_code)
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("show")
+@config_options
+def config_show(settings: Settings) -> None:
+    """Print the effective configuration, secrets hidden, and where each value came from."""
+    from etl.show_config import render_settings
+
+    click.echo(render_settings(settings))
 
 
 @cli.group()
@@ -235,24 +366,24 @@ def db() -> None:
     """Database migrations (the same as `alembic upgrade head`)."""
 
 
-def _engine(settings: Settings) -> Any:
-    from etl.store.engine import make_engine
-
-    return make_engine(settings.database_url)
-
-
 @contextmanager
-def _database_errors(settings: Settings) -> Iterator[None]:
+def _engine(settings: Settings) -> Iterator[Engine]:
+    """An engine for the configured database, disposed at the end; a database that cannot
+    be reached is a DatabaseError (exit 1)."""
     from sqlalchemy.exc import OperationalError
 
-    try:
-        yield
-    except OperationalError as exc:
-        from etl.sync import _db_message
+    from etl.store.engine import make_engine
+    from etl.sync import _db_message
 
+    engine = make_engine(settings.database_url)
+    try:
+        yield engine
+    except OperationalError as exc:
         raise DatabaseError(
             f"cannot use the database {redact_url(settings.database_url)}: {_db_message(exc)}"
         ) from None
+    finally:
+        engine.dispose()
 
 
 @db.command("upgrade")
@@ -262,12 +393,10 @@ def db_upgrade(settings: Settings, revision: str) -> None:
     """Create or migrate the tables and views to the latest revision."""
     from etl.store import migrate
 
-    with _database_errors(settings):
-        engine = _engine(settings)
+    with _engine(settings) as engine:
         migrate.upgrade(engine, revision)
-        click.echo(
-            f"{redact_url(settings.database_url)} is at revision {migrate.current_revision(engine)}"
-        )
+        current = migrate.current_revision(engine)
+    click.echo(f"{redact_url(settings.database_url)} is at revision {current}")
 
 
 @db.command("current")
@@ -276,8 +405,8 @@ def db_current(settings: Settings) -> None:
     """Show the database's migration revision and the code's."""
     from etl.store import migrate
 
-    with _database_errors(settings):
-        current = migrate.current_revision(_engine(settings))
+    with _engine(settings) as engine:
+        current = migrate.current_revision(engine)
     head = migrate.head_revision()
     state = "up to date" if current == head else "behind: run `numbers-etl db upgrade`"
     click.echo(f"database: {current or 'none'}  code: {head}  ({state})")
@@ -291,34 +420,48 @@ def runs(settings: Settings, limit: int) -> None:
     from etl.store import migrate
     from etl.store.runs import recent_runs
 
-    with _database_errors(settings):
-        engine = _engine(settings)
+    with _engine(settings) as engine:
         migrate.check_schema(engine)
         rows = recent_runs(engine, limit)
     if not rows:
         click.echo("no runs yet: run `numbers-etl sync`")
         return
-    cols: tuple[str, ...] = (
-        "id",
-        "started_at",
-        "status",
-        "pages",
-        "items",
-        "listed",
-        "removed",
-        "relisted",
-    )
-    cols += ("changed", "price_changes", "rejected")
-    table = [cols] + [
-        tuple(f"{r[c]:%Y-%m-%d %H:%M:%S}" if c == "started_at" else str(r[c]) for c in cols)
-        for r in rows
-    ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
-    for row in table:
-        click.echo("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)))
-    for r in rows:
-        if r["error"]:
-            click.echo(f"run {r['id']}: {r['error']}")
+    from etl.report import runs_table
+
+    for line in runs_table(rows):
+        click.echo(line)
+
+
+@cli.command()
+@click.option(
+    "--database-url",
+    default=DEFAULT_DATABASE_URL,
+    show_default=True,
+    help="Where to write the demo's history (the environment and config file are ignored).",
+)
+@click.option(
+    "--runs",
+    "run_count",
+    type=click.IntRange(2, 50),
+    default=3,
+    show_default=True,
+    help="How many syncs to run, the stock changing between them.",
+)
+@click.pass_context
+def demo(ctx: click.Context, database_url: str, run_count: int) -> None:
+    """Sync a simulated Bird stock a few times and show what changed.
+
+    No network beyond 127.0.0.1 and no credentials: the simulator runs in this process."""
+    from etl.demo import run_demo
+
+    if not ctx.find_root().obj["verbose"]:  # the demo tells the runs itself
+        logging.getLogger("etl").setLevel(logging.WARNING)
+
+    try:
+        url = PARSERS["database_url"](database_url)
+    except ValueError as exc:
+        raise ConfigError([f"--database-url {redact_url(database_url)!r}: {exc}"]) from None
+    run_demo(url, runs=run_count, echo=click.echo)
 
 
 def _register_optional() -> None:

@@ -1,0 +1,201 @@
+"""Prometheus metrics: written to a file after each run (node_exporter's textfile collector,
+for cron and systemd timers) or served on ``/metrics`` by the scheduler.
+
+Run and stock figures are read from the database, so they are right whichever process or
+host ran the last sync; HTTP figures come from this process's last run."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge, start_http_server, write_to_textfile
+from sqlalchemy import Connection, Engine, func, inspect, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from etl.errors import LockHeld
+from etl.store.schema import numbers, sync_runs, sync_scopes
+from etl.sync import RunResult
+
+log = logging.getLogger("etl.metrics")
+
+RUN_STATUSES = ("succeeded", "partial", "failed", "aborted", "abandoned")
+SCOPE_STATUSES = ("complete", "held", "failed", "aborted", "running")
+# This process's last attempt: a run status, or skipped (lock held), or error (it raised).
+OUTCOMES = ("succeeded", "partial", "failed", "aborted", "skipped", "error")
+EVENTS = ("listed", "removed", "relisted", "changed")
+PREFIX = "numbers_etl_"
+
+
+class Metrics:
+    """The gauges of one process, in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._lock = threading.Lock()
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+        def gauge(name: str, help_text: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(PREFIX + name, help_text, labels, registry=self.registry)
+
+        self.attempt = gauge(
+            "attempt_outcome",
+            "This process's last sync attempt: 1 for its outcome (skipped: lock held)",
+            ("outcome",),
+        )
+        self.attempt_time = gauge("attempt_timestamp_seconds", "When that attempt ended")
+        self.database_up = gauge("database_up", "1 when the database could be read")
+        self.last_status = gauge(
+            "last_run_status", "The last finished run: 1 for its status", ("status",)
+        )
+        self.last_id = gauge("last_run_id", "Id of the last finished run")
+        self.last_time = gauge("last_run_timestamp_seconds", "When the last finished run ended")
+        self.last_duration = gauge("last_run_duration_seconds", "How long the last run took")
+        self.last_success = gauge(
+            "last_success_timestamp_seconds", "When the last succeeded run ended (0: never)"
+        )
+        self.pages = gauge("last_run_pages", "Pages fetched by the last run", ("scope",))
+        self.items = gauge("last_run_numbers", "Numbers seen by the last run", ("scope",))
+        self.events = gauge("last_run_events", "Events written by the last run", ("scope", "event"))
+        self.prices = gauge("last_run_price_changes", "Price changes of the last run", ("scope",))
+        self.rejected = gauge("last_run_rejected", "Rejected items of the last run", ("scope",))
+        self.scope_status = gauge(
+            "last_run_scope_status",
+            "Each scope of the last run: 1 for its status",
+            ("scope", "status"),
+        )
+        self.numbers = gauge("numbers", "Numbers in the history by state", ("country", "state"))
+        self.http_requests = gauge("http_requests", "HTTP requests of this process's last run")
+        self.http_retries = gauge("http_retries", "HTTP retries of this process's last run")
+        self.http_errors = gauge(
+            "http_errors", "Failed HTTP requests of this process's last run", ("status",)
+        )
+
+    def record(
+        self,
+        engine: Engine | None,
+        result: RunResult | None = None,
+        outcome: str | None = None,
+        at: datetime | None = None,
+    ) -> None:
+        """Refresh every gauge after an attempt (``result`` is None when it raised;
+        ``outcome`` None: no attempt yet, only the database's figures)."""
+        with self._lock:
+            if outcome is not None:
+                _one_hot(self.attempt, outcome, OUTCOMES)
+            if at is not None:
+                self.attempt_time.set(at.timestamp())
+            if result is not None and result.http:
+                self.http_requests.set(result.http.get("requests", 0))
+                self.http_retries.set(result.http.get("retries", 0))
+                self.http_errors.clear()
+                for status, count in (result.http.get("errors") or {}).items():
+                    self.http_errors.labels(str(status)).set(count)
+            if engine is None:
+                return
+            try:
+                with engine.connect() as conn:
+                    self._from_database(conn)
+                self.database_up.set(1)
+            except SQLAlchemyError as exc:
+                log.warning("metrics: could not read the database: %s", str(exc).splitlines()[0])
+                self.database_up.set(0)
+
+    def _from_database(self, conn: Connection) -> None:
+        if not inspect(conn).has_table(sync_runs.name):
+            self.last_success.set(0)  # a new database: no runs yet
+            return
+        last = conn.execute(
+            select(sync_runs)
+            .where(sync_runs.c.status != "running")
+            .order_by(sync_runs.c.id.desc())
+            .limit(1)
+        ).first()
+        success = conn.scalar(
+            select(func.max(sync_runs.c.finished_at)).where(sync_runs.c.status == "succeeded")
+        )
+        self.last_success.set(success.timestamp() if success is not None else 0)
+        for gauge in (self.pages, self.items, self.events, self.prices, self.rejected):
+            gauge.clear()
+        self.scope_status.clear()
+        if last is not None:
+            _one_hot(self.last_status, last.status, RUN_STATUSES)
+            self.last_id.set(last.id)
+            if last.finished_at is not None:
+                self.last_time.set(last.finished_at.timestamp())
+                self.last_duration.set((last.finished_at - last.started_at).total_seconds())
+            for scope in conn.execute(select(sync_scopes).where(sync_scopes.c.run_id == last.id)):
+                key = scope.scope_key
+                self.pages.labels(key).set(scope.pages)
+                self.items.labels(key).set(scope.items)
+                for event in EVENTS:
+                    self.events.labels(key, event).set(getattr(scope, event))
+                self.prices.labels(key).set(scope.price_changes)
+                self.rejected.labels(key).set(scope.rejected)
+                for status in SCOPE_STATUSES:
+                    self.scope_status.labels(key, status).set(int(scope.status == status))
+        self.numbers.clear()
+        in_stock = numbers.c.removed_at.is_(None)
+        rows = conn.execute(
+            select(numbers.c.country_code, in_stock, func.count()).group_by(
+                numbers.c.country_code, in_stock
+            )
+        )
+        for country, available, count in rows:
+            self.numbers.labels(country, "available" if available else "removed").set(count)
+
+    def write(self, path: str | Path) -> None:
+        """Write the text format to ``path`` atomically (a temporary file, then a rename)."""
+        write_to_textfile(str(path), self.registry)
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        """Serve ``/metrics`` on ``host:port`` in a daemon thread until ``close()``."""
+        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        log.info("serving metrics on http://%s:%d/metrics", host, self.port)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1]) if self._server is not None else 0
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+
+def _one_hot(gauge: Gauge, value: str, values: tuple[str, ...]) -> None:
+    for name in dict.fromkeys((*values, value)):
+        gauge.labels(name).set(int(name == value))
+
+
+def write_file(path: str | Path, database_url: str, result: RunResult | None, outcome: str) -> None:
+    """After a ``sync``: record its outcome and the database's figures, write ``path``.
+    A failure is logged, never raised: the metrics must not change the sync's exit code."""
+    from etl.store.engine import make_engine, sqlite_path
+
+    metrics = Metrics()
+    db_file = sqlite_path(database_url)
+    engine = None if db_file is not None and not db_file.exists() else make_engine(database_url)
+    try:
+        metrics.record(engine, result, outcome, datetime.now(UTC))
+        metrics.write(path)
+    except OSError as exc:
+        log.error("could not write the metrics file %s: %s", path, exc.strerror or exc)
+    finally:
+        if engine is not None:
+            engine.dispose()
+
+
+def outcome_of(result: RunResult | None, exc: BaseException | None) -> str:
+    """A sync attempt's outcome: its run status, ``skipped`` (lock held) or ``error``."""
+    if result is not None:
+        return result.status
+    return "skipped" if isinstance(exc, LockHeld) else "error"

@@ -1,0 +1,197 @@
+"""``numbers-etl schedule``: APScheduler wiring around ``Sync``, nothing more.
+
+Never two runs at once: ``max_instances=1`` and ``coalesce`` in this process, the database
+lock across processes and hosts. A run that raises is logged and the next one comes at its
+time. SIGTERM / SIGINT: no new runs, the run in flight stops after its page (``aborted``),
+then ``run_forever`` returns."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from apscheduler.events import EVENT_SCHEDULER_STARTED
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import Engine
+
+from etl.config import Settings, parse_interval
+from etl.errors import EtlError, LockHeld
+from etl.metrics import Metrics
+from etl.report import run_fields, summary_line
+from etl.store.engine import make_engine
+from etl.sync import RunResult, Sync
+
+log = logging.getLogger("etl.scheduler")
+JOB_ID = "sync"
+CRON_GRACE = 300  # seconds a cron run may start late (a busy host, a suspended VM)
+
+
+def make_trigger(schedule: str) -> tuple[Any, int]:
+    """The trigger of a ``schedule`` value and its misfire grace time in seconds: a cron
+    expression in UTC, or an interval such as ``30m`` (grace: half of it, 5 s to 5 min)."""
+    seconds = parse_interval(schedule)
+    if seconds is not None:
+        return IntervalTrigger(seconds=seconds, timezone=UTC), min(CRON_GRACE, max(5, seconds // 2))
+    return CronTrigger.from_crontab(schedule, timezone=UTC), CRON_GRACE
+
+
+class SyncScheduler:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        metrics: Metrics | None = None,
+        metrics_file: Path | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.metrics_file = metrics_file
+        self.trigger, self.grace = make_trigger(settings.schedule)
+        self.scheduler = BlockingScheduler(timezone=UTC)
+        self.outcomes: list[str] = []
+        self._closing = threading.Event()
+        # Re-entrant: a signal handler calls close() on the main thread, which may hold it.
+        self._lock = threading.RLock()
+        self._current: threading.Event | None = None
+        self._idle = threading.Event()
+        self._idle.set()
+        self._started = threading.Event()
+        self._engine: Engine | None = None
+
+    # --- one run -------------------------------------------------------------------------
+
+    def run_once(self) -> str:
+        """Run one sync; return its outcome (a run status, ``skipped`` when another sync
+        holds the lock, ``error`` when it raised). Never raises."""
+        with self._lock:
+            if self._closing.is_set():
+                return "closing"
+            stop = threading.Event()
+            self._current = stop
+            self._idle.clear()
+        try:
+            result, outcome = self._sync(stop)
+            self._record(result, outcome)
+            self.outcomes.append(outcome)
+            self._log_next()
+            return outcome
+        finally:
+            with self._lock:
+                self._current = None
+                self._idle.set()
+
+    def _sync(self, stop: threading.Event) -> tuple[RunResult | None, str]:
+        try:
+            result = Sync(self.settings, stop=stop).run()
+        except LockHeld as exc:
+            log.warning("skipped: another sync holds the lock (%s)", exc)
+            return None, "skipped"
+        except EtlError as exc:
+            log.error("sync failed: %s", exc)
+            return None, "error"
+        except Exception:
+            log.exception("sync crashed; the scheduler carries on")
+            return None, "error"
+        level = logging.INFO if result.status in ("succeeded", "aborted") else logging.WARNING
+        if result.auth_failed:
+            level = logging.ERROR
+        message = summary_line(result) + (f"; {result.error}" if result.error else "")
+        log.log(level, message, extra=run_fields(result))
+        return result, result.status
+
+    def _record(self, result: RunResult | None, outcome: str | None) -> None:
+        if self.metrics is None:
+            return
+        try:
+            if self._engine is None:
+                self._engine = make_engine(self.settings.database_url, pool_size=1)
+            at = None if outcome is None else datetime.now(UTC)
+            self.metrics.record(self._engine, result, outcome, at)
+            if self.metrics_file is not None:
+                self.metrics.write(self.metrics_file)
+        except Exception:  # metrics must never stop the syncs
+            log.exception("could not update the metrics")
+
+    def _log_next(self) -> None:
+        job = self.scheduler.get_job(JOB_ID)
+        when = getattr(job, "next_run_time", None)
+        if when is not None and not self._closing.is_set():
+            log.info("next run at %s", f"{when:%Y-%m-%d %H:%M:%S} UTC")
+
+    # --- the long-running process ----------------------------------------------------------
+
+    def run_forever(self, *, run_now: bool = False) -> None:
+        """Block, running syncs on the schedule, until SIGTERM / SIGINT (or ``close()``)."""
+        options: dict[str, Any] = {}
+        now = datetime.now(UTC)
+        first = now if run_now else self.trigger.get_next_fire_time(None, now)
+        if run_now:
+            options["next_run_time"] = now
+        self.scheduler.add_job(
+            self.run_once,
+            self.trigger,
+            id=JOB_ID,
+            name="numbers-etl sync",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=self.grace,
+            **options,
+        )
+        self._record(None, None)
+        self.scheduler.add_listener(lambda _event: self._started.set(), EVENT_SCHEDULER_STARTED)
+        watcher = threading.Thread(target=self._shutdown_when_closing, name="scheduler-stop")
+        watcher.start()
+        previous = self._install_signals()
+        try:
+            log.info(
+                "scheduler started: schedule %r (UTC), misfire grace %ds; first run at %s",
+                self.settings.schedule,
+                self.grace,
+                f"{first:%Y-%m-%d %H:%M:%S} UTC",
+            )
+            self.scheduler.start()
+            self._idle.wait()  # the run in flight, stopping after its page
+        finally:
+            self.close()
+            self._started.set()
+            watcher.join()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if self._engine is not None:
+                self._engine.dispose()
+        log.info("scheduler stopped")
+
+    def close(self, reason: str | None = None) -> None:
+        """No new runs; ask the run in flight to stop after its page."""
+        with self._lock:
+            if reason and not self._closing.is_set():
+                running = " the run in flight stops after its page;" if self._current else ""
+                log.warning("%s: no new runs;%s then exiting", reason, running)
+            self._closing.set()
+            if self._current is not None:
+                self._current.set()
+
+    def _shutdown_when_closing(self) -> None:
+        # APScheduler is shut down from this thread, not from the signal handler, which may
+        # have interrupted the main thread inside the scheduler's own locked sections.
+        self._closing.wait()
+        self._started.wait()
+        self.scheduler.remove_all_jobs()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+
+    def _install_signals(self) -> dict[signal.Signals, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            self.close(signal.Signals(signum).name)
+
+        return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}

@@ -1,0 +1,137 @@
+"""``numbers-etl status``: is the history fresh? For monitoring checks (Nagios, Icinga,
+Kubernetes probes, a cron mail): exit 0 when healthy, 1 with the reason when not."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from etl.config import parse_interval
+from etl.store.schema import sync_runs, sync_scopes
+
+# A finished run with one of these statuses needs an operator's attention.
+UNHEALTHY = ("failed", "partial", "abandoned")
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90s``, ``30m``, ``12h``, ``2d`` as a timedelta; ValueError otherwise."""
+    seconds = parse_interval(text)
+    if seconds is None:
+        raise ValueError(f"{text!r} is not a duration such as 90s, 30m, 12h or 2d")
+    return timedelta(seconds=seconds)
+
+
+def _age(moment: datetime, now: datetime) -> str:
+    return _span(now - moment)
+
+
+def _span(delta: timedelta) -> str:
+    """A duration for people: 45s, 12m, 5h 3m, 12h, 2d 4h."""
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        big, small = f"{seconds // 3600}h", f" {seconds % 3600 // 60}m"
+    else:
+        big, small = f"{seconds // 86400}d", f" {seconds % 86400 // 3600}h"
+    return big if small[1] == "0" else big + small
+
+
+@dataclass
+class Status:
+    now: datetime
+    max_age: timedelta
+    last_run: dict[str, Any] | None = None
+    last_finished: dict[str, Any] | None = None
+    last_success: dict[str, Any] | None = None
+    scopes: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        out = []
+        if self.last_success is None:
+            out.append("no sync has succeeded yet")
+        else:
+            at = self.last_success["finished_at"]
+            if self.now - at > self.max_age:
+                out.append(
+                    f"the last successful sync finished {_age(at, self.now)} ago, "
+                    f"more than --max-age {_span(self.max_age)}"
+                )
+        finished = self.last_finished
+        if finished is not None and finished["status"] in UNHEALTHY:
+            out.append(f"the last run ({finished['id']}) is {finished['status']}")
+        return out
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.problems else 0
+
+    def render(self) -> str:
+        lines = [self._run_line("last run", self.last_run)]
+        if self.last_finished is not None and self.last_finished != self.last_run:
+            lines.append(self._run_line("last finished run", self.last_finished))
+        lines.append(self._run_line("last successful run", self.last_success))
+        for s in self.scopes:
+            text = f"  {s['scope_key']}: {s['status']}, {s['items']} numbers on {s['pages']} pages"
+            if s.get("available") is not None:
+                text += f", {s['available']} available"
+            if s.get("error"):
+                text += f" ({s['error']})"
+            lines.append(text)
+        problems = self.problems
+        if problems:
+            lines.extend(f"PROBLEM: {p}" for p in problems)
+        else:
+            lines.append(f"OK: the last successful sync is younger than {_span(self.max_age)}")
+        return "\n".join(lines)
+
+    def _run_line(self, label: str, run: dict[str, Any] | None) -> str:
+        if run is None:
+            return f"{label}: none"
+        started: datetime = run["started_at"]
+        text = (
+            f"{label}: {run['id']} {run['status']}, started {started:%Y-%m-%d %H:%M:%S} UTC "
+            f"({_age(started, self.now)} ago)"
+        )
+        if run["finished_at"] is not None:
+            text += f", took {_age(started, run['finished_at'])}"
+        text += (
+            f"; {run['items']} numbers, listed {run['listed']}, removed {run['removed']}, "
+            f"price changes {run['price_changes']}"
+        )
+        if run["error"] and run["status"] != "succeeded":
+            text += f"\n  error: {run['error']}"
+        return text
+
+
+def read_status(engine: Engine, *, now: datetime, max_age: timedelta) -> Status:
+    """The last run, the last finished run, the last successful run and the per-country
+    state of the last run."""
+    status = Status(now=now, max_age=max_age)
+    with engine.connect() as conn:
+
+        def latest(*where: Any) -> dict[str, Any] | None:
+            row = conn.execute(
+                select(sync_runs).where(*where).order_by(sync_runs.c.id.desc()).limit(1)
+            ).first()
+            return None if row is None else dict(row._mapping)
+
+        status.last_run = latest()
+        status.last_finished = latest(sync_runs.c.status != "running")
+        status.last_success = latest(sync_runs.c.status == "succeeded")
+        if status.last_run is not None:
+            status.scopes = [
+                dict(r._mapping)
+                for r in conn.execute(
+                    select(sync_scopes)
+                    .where(sync_scopes.c.run_id == status.last_run["id"])
+                    .order_by(sync_scopes.c.scope_key)
+                )
+            ]
+    return status

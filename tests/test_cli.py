@@ -1,0 +1,343 @@
+"""The command line: exit codes 0/1/2/75/143, signals, a killed sync, dry runs, `config show`,
+`db`, `runs` and the progress display. Real simulator, real databases, real processes."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import signal
+import threading
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from etl.simulator import Simulator, SyntheticStock
+from etl.store.lock import DatabaseLock
+from etl.store.schema import number_events, numbers, sync_runs, sync_scopes
+from etl.sync import Sync
+from tests.conftest import ACCESS_KEY, make_settings, sim_env
+from tests.procs import (
+    etl_process,
+    invoke,
+    run_etl,
+    running_with_pages,
+    runs_of,
+    sqlite_url,
+    stop,
+    wait_for,
+)
+
+__all__ = ["sqlite_url"]  # a fixture
+
+
+def count(engine: Engine, table: Any, *where: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.scalar(select(func.count()).select_from(table).where(*where)) or 0)
+
+
+# --- exit codes ---------------------------------------------------------------------------
+
+
+def test_sync_succeeds_with_exit_0_and_a_summary(
+    simulator: Simulator, stock: SyntheticStock, db_url: str, engine: Engine
+) -> None:
+    result = invoke(sim_env(simulator, db_url), "sync")
+    assert result.exit_code == 0, result.output
+    total = len(stock.numbers())
+    first, header, *rows = result.stdout.splitlines()
+    assert first.startswith("run 1 succeeded in ")
+    assert f"{total} numbers on " in first
+    assert f"listed {total}, removed 0" in first
+    assert header.split() == [
+        "scope", "status", "pages", "numbers", "listed", "removed", "relisted", "changed",
+        "prices", "rejected",
+    ]  # fmt: skip
+    assert sorted(r.split()[:2] for r in rows) == [["NL", "complete"], ["US", "complete"]]
+    assert count(engine, numbers) == total
+
+
+def test_a_failed_country_makes_the_run_partial_with_exit_1(
+    simulator: Simulator, db_url: str
+) -> None:
+    simulator.faults.add("status", status=400, times=0, country="NL", page=0)
+    result = invoke(sim_env(simulator, db_url), "sync")
+    assert result.exit_code == 1
+    assert " partial in " in result.stdout.splitlines()[0]
+    (nl_error,) = [x for x in result.stdout.splitlines() if x.startswith("  NL: ")]
+    assert "400" in nl_error
+
+
+def test_unreachable_database_exits_1(simulator: Simulator) -> None:
+    env = sim_env(simulator, "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    result = invoke(env, "sync")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: the database failed: ")
+
+
+def test_bad_configuration_exits_2_naming_every_problem(simulator: Simulator, db_url: str) -> None:
+    env = sim_env(simulator, db_url, page_size=500, countries="US,XX")
+    result = invoke(env, "sync")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: invalid configuration:\n")
+    assert "page_size = '500' (env NUMBERS_ETL_PAGE_SIZE): must be between 1 and 99" in (
+        result.stderr
+    )
+    assert "XX is not ISO 3166-1 alpha-2" in result.stderr
+    assert result.stdout == ""
+
+
+def test_a_flag_overrides_the_environment(simulator: Simulator, db_url: str) -> None:
+    env = sim_env(simulator, db_url, page_size=20)
+    shown = invoke(env, "config", "show", "--page-size", "50")
+    assert "page_size               = 50  # flag --page-size\n" in shown.stdout
+    result = invoke(env, "sync", "--page-size", "50", "--country", "NL")
+    assert result.exit_code == 0, result.output
+    assert [line.split()[0] for line in result.stdout.splitlines()[2:]] == ["NL"]
+
+
+def test_missing_access_key_exits_2(simulator: Simulator, db_url: str) -> None:
+    env = sim_env(simulator, db_url)
+    del env["NUMBERS_ETL_ACCESS_KEY"]
+    result = invoke(env, "sync")
+    assert result.exit_code == 2
+    assert "access_key is required" in result.stderr
+
+
+def test_access_key_bird_refuses_exits_2(simulator: Simulator, db_url: str) -> None:
+    env = sim_env(simulator, db_url, access_key="not-the-right-key-93f1")
+    result = invoke(env, "sync")
+    assert result.exit_code == 2
+    assert "Error: Bird refused the access key or organization id" in result.stderr
+    assert "401" in result.stderr
+    assert "not-the-right-key-93f1" not in result.output
+
+
+def test_unknown_option_is_a_usage_error() -> None:
+    result = invoke({}, "sync", "--access-key", "x")
+    assert result.exit_code == 2
+    assert "Error: No such option '--access-key'." in result.stderr
+
+
+def test_lock_held_exits_75_and_writes_nothing(
+    simulator: Simulator, db_url: str, engine: Engine
+) -> None:
+    lock = DatabaseLock(engine, holder="other-host:4242:cafe")
+    lock.acquire()
+    try:
+        result = invoke(sim_env(simulator, db_url), "sync")
+    finally:
+        lock.release()
+    assert result.exit_code == 75
+    assert result.stderr.startswith("Error: another sync is running (other-host:4242:cafe, ")
+    assert count(engine, sync_runs) == 0
+    assert invoke(sim_env(simulator, db_url), "sync").exit_code == 0
+
+
+# --- signals and crashes (real processes) -------------------------------------------------
+
+
+def slow(simulator: Simulator) -> None:
+    """Make every request take a while, so a run is still going when the signal comes."""
+    simulator.faults.set_latency(0.2)
+
+
+def test_sigterm_stops_sync_after_the_page_with_143_aborted_and_nothing_removed(
+    simulator: Simulator, stock: SyntheticStock, db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    Sync(make_settings(simulator, db_url)).run()
+    gone = [stock.numbers("US")[0], stock.numbers("NL")[0]]
+    for number in gone:
+        stock.remove(number)
+    slow(simulator)
+    proc = etl_process(["sync"], sim_env(simulator, db_url, page_size=10), tmp_path)
+    try:
+        wait_for(lambda: running_with_pages(db_url), "the sync to commit a page")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        stop(proc)
+    assert proc.returncode == 143, err
+    assert "SIGTERM: stopping after the page in flight" in err
+    assert " aborted in " in out
+    last = runs_of(db_url)[-1]
+    assert last.status == "aborted"
+    assert last.finished_at is not None
+    with engine.connect() as conn:
+        scope_states = set(
+            conn.scalars(select(sync_scopes.c.status).where(sync_scopes.c.run_id == last.id))
+        )
+    assert scope_states == {"aborted"}
+    assert count(engine, number_events, number_events.c.event == "removed") == 0
+    assert count(engine, numbers, numbers.c.removed_at.is_not(None)) == 0
+
+
+def test_a_killed_sync_is_marked_abandoned_by_the_next_one_which_repairs(
+    simulator: Simulator, stock: SyntheticStock, db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    slow(simulator)
+    proc = etl_process(["sync"], sim_env(simulator, db_url, page_size=10), tmp_path)
+    try:
+        wait_for(lambda: running_with_pages(db_url), "the sync to commit a page")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=90)  # reaped: its pid no longer exists
+    finally:
+        stop(proc)
+    (killed,) = runs_of(db_url)
+    assert killed.status == "running"
+    simulator.faults.set_latency(0)
+    # The dead process's lock is taken over at once (same host), not after lock_ttl_seconds.
+    result = invoke(sim_env(simulator, db_url), "sync")
+    assert result.exit_code == 0, result.output
+    killed, repaired = runs_of(db_url)
+    assert killed.status == "abandoned"
+    assert killed.finished_at is not None
+    assert repaired.status == "succeeded"
+    assert count(engine, numbers) == len(stock.numbers())
+    assert count(engine, numbers, numbers.c.removed_at.is_(None)) == len(stock.numbers())
+
+
+# --- dry run, config show, db, runs -------------------------------------------------------
+
+
+def test_dry_run_reports_and_writes_nothing(
+    simulator: Simulator, stock: SyntheticStock, db_url: str, engine: Engine
+) -> None:
+    Sync(make_settings(simulator, db_url)).run()
+    number = stock.numbers("NL")[1]
+    stock.set_price(number, 7770000, -6)
+    result = invoke(sim_env(simulator, db_url), "sync", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("dry run: nothing was written\n")
+    (line,) = [x for x in result.stdout.splitlines() if f"price changes: {number}: " in x]
+    assert "-> 7.77" in line
+    assert count(engine, sync_runs) == 1
+    assert count(engine, numbers, numbers.c.monthly_price == Decimal("7.77")) == 0
+
+
+def test_config_show_hides_secrets_and_names_sources(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(ACCESS_KEY + "\n")
+    config = tmp_path / "numbers-etl.toml"
+    config.write_text('countries = ["US", "NL"]\npage_size = 50\n')
+    env = {"NUMBERS_ETL_ACCESS_KEY_FILE": str(key_file), "NUMBERS_ETL_CONCURRENCY": "2"}
+    url = "postgresql+psycopg://etl:pw-8d7c6b5a@db.internal/numbers"
+    result = invoke(env, "config", "show", "--config", str(config), "--database-url", url)
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if "=" in line}
+    assert lines["access_key"].endswith('= "***"  # env NUMBERS_ETL_ACCESS_KEY_FILE')
+    assert lines["database_url"].endswith(
+        '= "postgresql+psycopg://etl:***@db.internal/numbers"  # flag --database-url'
+    )
+    assert lines["countries"].endswith(f'= ["US", "NL"]  # file {config}')
+    assert lines["page_size"].endswith(f"= 50  # file {config}")
+    assert lines["concurrency"].endswith("= 2  # env NUMBERS_ETL_CONCURRENCY")
+    assert lines["max_removal_fraction"].endswith("= 0.5  # default")
+    assert "# organization_id is not set (default)" in result.stdout
+    assert ACCESS_KEY not in result.output
+    assert "pw-8d7c6b5a" not in result.output
+
+
+def test_db_upgrade_current_and_runs(
+    simulator: Simulator, empty_db_url: str, tmp_path: Path
+) -> None:
+    env = sim_env(simulator, empty_db_url)
+    behind = invoke(env, "db", "current")
+    assert behind.exit_code == 0
+    assert behind.stdout.startswith("database: none  code: ")
+    assert "(behind: run `numbers-etl db upgrade`)" in behind.stdout
+    refused = invoke(env, "runs")
+    assert refused.exit_code == 2
+    assert "run `numbers-etl db upgrade` first" in refused.stderr
+    upgraded = invoke(env, "db", "upgrade")
+    assert upgraded.exit_code == 0, upgraded.output
+    assert " is at revision " in upgraded.stdout
+    assert "(up to date)" in invoke(env, "db", "current").stdout
+    assert invoke(env, "runs").stdout == "no runs yet: run `numbers-etl sync`\n"
+    assert invoke(env, "sync").exit_code == 0
+    listing = invoke(env, "runs", "--limit", "5")
+    assert listing.exit_code == 0
+    header, row = listing.stdout.splitlines()
+    assert header.split()[:3] == ["id", "started_at", "status"]
+    assert row.split()[0] == "1"
+    assert row.split()[3] == "succeeded"
+
+
+def test_python_m_etl_is_the_same_command(tmp_path: Path) -> None:
+    result = run_etl(["--version"], {}, tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.startswith("numbers-etl, version ")
+
+
+# --- progress display ----------------------------------------------------------------------
+
+
+def test_no_progress_display_when_stderr_is_not_a_terminal(
+    simulator: Simulator, sqlite_url: str, tmp_path: Path
+) -> None:
+    result = run_etl(["sync"], sim_env(simulator, sqlite_url, page_size=20), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr
+    assert "pages," not in result.stderr
+
+
+def on_terminal(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    """Run ``python -m etl ARGS`` with stderr on a pseudo-terminal; return the exit code,
+    stdout and what the terminal showed."""
+    leader, follower = pty.openpty()
+    shown: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the process closed the terminal
+                return
+            if not chunk:
+                return
+            shown.append(chunk)
+
+    proc = etl_process(args, env, cwd, stderr=follower)
+    os.close(follower)
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        stop(proc)
+        reader.join(timeout=30)
+        os.close(leader)
+    return proc.returncode, out, b"".join(shown).decode()
+
+
+def test_progress_display_on_a_terminal(
+    simulator: Simulator, sqlite_url: str, tmp_path: Path
+) -> None:
+    simulator.faults.set_latency(0.02)  # so the display has time to draw
+    code, out, shown = on_terminal(["sync"], sim_env(simulator, sqlite_url, page_size=10), tmp_path)
+    assert code == 0, shown
+    assert "\r\x1b[K" in shown
+    assert re.search(r"US: \d+ pages, \d+ numbers", shown)
+    assert re.search(r"NL: \d+ pages, \d+ numbers", shown)
+    assert " succeeded in " in out  # the summary still goes to stdout
+
+
+@pytest.mark.parametrize("flags", [["-q"], ["--log-format", "json"]])
+def test_no_progress_display_when_quiet_or_json(
+    simulator: Simulator, sqlite_url: str, tmp_path: Path, flags: list[str]
+) -> None:
+    simulator.faults.set_latency(0.02)
+    env = sim_env(simulator, sqlite_url, page_size=10)
+    code, _, shown = on_terminal([*flags, "sync"], env, tmp_path)
+    assert code == 0, shown
+    assert " pages, " not in shown
+    assert "\x1b[K" not in shown
+
+
+def test_malformed_database_url_exits_2() -> None:
+    result = invoke({}, "status", "--database-url", "nonsense://")
+    assert result.exit_code == 2
+    assert "database_url = 'nonsense://' (flag --database-url): " in result.stderr

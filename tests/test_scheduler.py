@@ -1,0 +1,176 @@
+"""`numbers-etl schedule`: runs on a short interval against the simulator, never overlaps
+another scheduler on the same database, survives failing syncs, and stops cleanly on SIGTERM
+(the run in flight `aborted`, exit 0). Real processes, real databases."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import requests
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import Engine
+
+from etl.metrics import Metrics
+from etl.scheduler import SyncScheduler, make_trigger
+from etl.simulator import Simulator
+from etl.store.lock import DatabaseLock
+from tests.conftest import make_settings, sim_env
+from tests.procs import Output, etl_process, running_with_pages, runs_of, stop, wait_for
+
+
+def test_interval_trigger_and_grace() -> None:
+    trigger, grace = make_trigger("30m")
+    assert isinstance(trigger, IntervalTrigger)
+    assert trigger.interval == timedelta(minutes=30)
+    assert grace == 300
+    assert make_trigger("2s")[1] == 5
+    assert make_trigger("4m")[1] == 120
+
+
+def test_cron_trigger_is_utc() -> None:
+    trigger, grace = make_trigger("0 */6 * * *")
+    assert isinstance(trigger, CronTrigger)
+    assert str(trigger.timezone) == "UTC"
+    assert grace == 300
+    after = datetime(2026, 1, 1, 7, 30, tzinfo=UTC)
+    assert trigger.get_next_fire_time(None, after) == datetime(2026, 1, 1, 12, tzinfo=UTC)
+
+
+def test_a_run_that_cannot_take_the_lock_is_skipped_not_raised(
+    simulator: Simulator, db_url: str, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    scheduler = SyncScheduler(make_settings(simulator, db_url))
+    lock = DatabaseLock(engine, holder="other:1:x")
+    lock.acquire()
+    try:
+        assert scheduler.run_once() == "skipped"
+    finally:
+        lock.release()
+    assert "skipped: another sync holds the lock (another sync is running (other:1:x" in (
+        caplog.text
+    )
+    assert scheduler.run_once() == "succeeded"
+    assert [r.status for r in runs_of(db_url)] == ["succeeded"]
+
+
+def test_a_sync_that_raises_is_logged_and_the_next_one_runs(
+    simulator: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(simulator, "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    scheduler = SyncScheduler(settings)
+    assert scheduler.run_once() == "error"
+    assert scheduler.run_once() == "error"
+    assert "sync failed: the database failed: " in caplog.text
+
+
+def test_close_ends_run_forever_after_the_run_in_flight(
+    simulator: Simulator, db_url: str, tmp_path: Path
+) -> None:
+    metrics_file = tmp_path / "numbers_etl.prom"
+    scheduler = SyncScheduler(
+        make_settings(simulator, db_url, schedule="1d"),
+        metrics=Metrics(),
+        metrics_file=metrics_file,
+    )
+
+    def close_after_first_run() -> None:
+        wait_for(lambda: scheduler.outcomes, "the first run")
+        scheduler.close("test")
+
+    closer = threading.Thread(target=close_after_first_run)
+    closer.start()
+    scheduler.run_forever(run_now=True)  # returns once closed
+    closer.join()
+    assert scheduler.outcomes == ["succeeded"]
+    assert not scheduler.scheduler.running
+    families = {f.name for f in text_string_to_metric_families(metrics_file.read_text())}
+    assert "numbers_etl_last_run_status" in families
+
+
+def test_schedule_runs_syncs_on_an_interval_and_serves_metrics(
+    simulator: Simulator, db_url: str, tmp_path: Path
+) -> None:
+    env = sim_env(simulator, db_url, schedule="1s")
+    proc = etl_process(["schedule", "--metrics-port", "0"], env, tmp_path)
+    output = Output(proc)
+    try:
+        wait_for(
+            lambda: sum(r.status == "succeeded" for r in runs_of(db_url)) >= 2,
+            "two runs on the schedule",
+        )
+        match = output.search(r"serving metrics on http://127\.0\.0\.1:(\d+)/metrics")
+        assert match is not None
+        with requests.Session() as session:
+            response = session.get(f"http://127.0.0.1:{match.group(1)}/metrics", timeout=10)
+            body = response.text
+            response.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=90)
+        err = output.text()  # before stop(), which would read the pipe as well
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, err
+    assert "next run at " in err
+    assert "SIGTERM: no new runs" in err
+    assert "scheduler stopped" in err
+    families = {f.name: f for f in text_string_to_metric_families(body)}
+    status = {s.labels["status"]: s.value for s in families["numbers_etl_last_run_status"].samples}
+    assert status["succeeded"] == 1
+    assert all(r.finished_at is not None for r in runs_of(db_url))
+
+
+def test_sigterm_mid_run_aborts_it_and_exits_0(
+    simulator: Simulator, db_url: str, tmp_path: Path
+) -> None:
+    simulator.faults.set_latency(0.2)
+    env = sim_env(simulator, db_url, page_size=10, schedule="1d")
+    proc = etl_process(["schedule", "--run-now"], env, tmp_path)
+    try:
+        wait_for(lambda: running_with_pages(db_url), "the first run to commit a page")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, err
+    assert "SIGTERM: no new runs; the run in flight stops after its page; then exiting" in err
+    (run,) = runs_of(db_url)
+    assert run.status == "aborted"
+    assert run.finished_at is not None
+    assert run.removed == 0
+
+
+def test_two_schedulers_on_one_database_never_overlap(
+    simulator: Simulator, db_url: str, tmp_path: Path
+) -> None:
+    # Every run takes longer than the interval, so the two processes keep colliding.
+    simulator.faults.set_latency(0.05)
+    env = sim_env(simulator, db_url, page_size=10, schedule="1s")
+    procs = [etl_process(["schedule"], env, tmp_path) for _ in range(2)]
+    errs = []
+    try:
+        wait_for(
+            lambda: sum(r.finished_at is not None for r in runs_of(db_url)) >= 4,
+            "four finished runs",
+            timeout=180,
+        )
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            errs.append(proc.communicate(timeout=90)[1])
+    finally:
+        for proc in procs:
+            stop(proc)
+    assert [p.returncode for p in procs] == [0, 0], errs
+    runs = runs_of(db_url)
+    assert all(r.finished_at is not None for r in runs)
+    for before, after in itertools.pairwise(runs):
+        assert before.finished_at <= after.started_at, (before, after)
+    assert {r.pid for r in runs} <= {p.pid for p in procs}
+    assert any("skipped: another sync holds the lock" in err for err in errs)

@@ -1,0 +1,124 @@
+"""`numbers-etl status`: the monitoring check's exit codes and what it says, on each database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import Engine
+
+from etl.cli import cli
+from etl.records import Scope
+from etl.status import parse_duration
+from etl.store import runs
+
+
+def ago(**delta: float) -> datetime:
+    return datetime.now(UTC) - timedelta(**delta)
+
+
+def add_run(engine: Engine, status: str, started: datetime, error: str | None = None) -> int:
+    """A finished (or running) run with a US and an NL scope, through the store's own code."""
+    with engine.begin() as conn:
+        run_id, scope_ids = runs.start_run(conn, started, [Scope("US"), Scope("NL")])
+        scope_status = {"succeeded": "complete", "running": "running"}.get(status, "failed")
+        if status != "running":
+            for row_id in scope_ids:
+                runs.finish_scope(conn, row_id, scope_status, started + timedelta(seconds=5), error)
+            runs.finish_run(conn, run_id, status, started + timedelta(seconds=5), error)
+    return run_id
+
+
+def status(db_url: str, *args: str) -> Result:
+    return CliRunner().invoke(cli, ["status", "--database-url", db_url, *args])
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("30m", 1800), ("12h", 43200), ("2d", 172800)]
+)
+def test_parse_duration(text: str, seconds: int) -> None:
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["", "12", "h", "1.5h", "-1h", "12 hours", "0h"])
+def test_parse_duration_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a duration such as 90s, 30m, 12h or 2d"):
+        parse_duration(text)
+
+
+def test_no_runs_is_a_problem(db_url: str) -> None:
+    result = status(db_url)
+    assert result.exit_code == 1
+    assert "last run: none" in result.stdout
+    assert "PROBLEM: no sync has succeeded yet" in result.stdout
+
+
+def test_recent_success_is_healthy(db_url: str, engine: Engine) -> None:
+    run_id = add_run(engine, "succeeded", ago(hours=1))
+    result = status(db_url, "--max-age", "12h")
+    assert result.exit_code == 0, result.output
+    assert f"last run: {run_id} succeeded" in result.stdout
+    assert f"last successful run: {run_id} succeeded" in result.stdout
+    assert "  US: complete" in result.stdout
+    assert "  NL: complete" in result.stdout
+    assert result.stdout.rstrip().endswith("OK: the last successful sync is younger than 12h")
+
+
+def test_old_success_is_a_problem(db_url: str, engine: Engine) -> None:
+    add_run(engine, "succeeded", ago(days=3, minutes=-30))  # finished 2d 23h 30m ago
+    result = status(db_url, "--max-age", "2d")
+    assert result.exit_code == 1
+    assert "PROBLEM: the last successful sync finished 2d 23h ago" in result.stdout
+    assert "more than --max-age 2d" in result.stdout
+    assert status(db_url, "--max-age", "4d").exit_code == 0
+
+
+def test_failed_last_run_is_a_problem_even_after_a_recent_success(
+    db_url: str, engine: Engine
+) -> None:
+    add_run(engine, "succeeded", ago(hours=2))
+    failed = add_run(engine, "failed", ago(hours=1), "US: failed: 503")
+    result = status(db_url)
+    assert result.exit_code == 1
+    assert f"PROBLEM: the last run ({failed}) is failed" in result.stdout
+    assert "error: US: failed: 503" in result.stdout
+    assert "  US: failed, 0 numbers on 0 pages (US: failed: 503)" in result.stdout
+
+
+@pytest.mark.parametrize(("last", "code"), [("partial", 1), ("abandoned", 1), ("aborted", 0)])
+def test_status_of_the_last_finished_run(db_url: str, engine: Engine, last: str, code: int) -> None:
+    add_run(engine, "succeeded", ago(hours=2))
+    add_run(engine, last, ago(hours=1))
+    assert status(db_url).exit_code == code
+
+
+def test_a_run_in_progress_is_judged_by_the_last_finished_one(db_url: str, engine: Engine) -> None:
+    add_run(engine, "succeeded", ago(hours=2))
+    running = add_run(engine, "running", ago(minutes=1))
+    result = status(db_url)
+    assert result.exit_code == 0, result.output
+    assert f"last run: {running} running" in result.stdout
+    assert "last finished run:" in result.stdout
+    assert "  US: running" in result.stdout
+
+
+def test_missing_sqlite_file_is_a_problem_and_is_not_created(tmp_path: Path) -> None:
+    path = tmp_path / "nothing.sqlite"
+    result = status(f"sqlite:///{path}")
+    assert result.exit_code == 1
+    assert result.stdout == f"PROBLEM: no database at {path}: no sync has run yet\n"
+    assert not path.exists()
+
+
+def test_unreachable_database_exits_1() -> None:
+    result = status("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: cannot use the database ")
+
+
+def test_bad_max_age_is_a_usage_error(db_url: str) -> None:
+    result = status(db_url, "--max-age", "soon")
+    assert result.exit_code == 2
+    assert "'soon' is not a duration such as 90s, 30m, 12h or 2d" in result.stderr
