@@ -1,0 +1,158 @@
+"""deploy/: the systemd units, the environment file, the TOML example and the crontab line
+name real commands, options and settings; `systemd-analyze verify` accepts the units."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from apscheduler.triggers.cron import CronTrigger
+
+from etl.config import ACCESS_KEY_FILE_ENV, CONFIG_ENV, ENV_PREFIX, KEYS, load_settings
+from tests.procs import run_etl
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+README = DEPLOY.parent / "README.md"
+BINARY = "/opt/numbers-etl/.venv/bin/numbers-etl"
+UNITS = ("numbers-etl-sync.service", "numbers-etl-schedule.service")
+
+
+def directives(path: Path) -> list[tuple[str, str]]:
+    """(key, value) of every line of a unit file, comments left out."""
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            out.append((key.strip(), value.strip()))
+    return out
+
+
+def directive(path: Path, key: str) -> list[str]:
+    return [v for k, v in directives(path) if k == key]
+
+
+def etl_args(command: str) -> list[str]:
+    """The arguments after the numbers-etl binary in a command line."""
+    words = shlex.split(command)
+    start = words.index(BINARY)
+    end = next((i for i, w in enumerate(words) if w.startswith((">", "2>"))), len(words))
+    return words[start + 1 : end]
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_execstart_runs_a_real_command_with_real_options(unit: str, tmp_path: Path) -> None:
+    (command,) = directive(DEPLOY / unit, "ExecStart")
+    args = etl_args(command)
+    # --help after every option: click still parses (and would refuse) each of them
+    result = run_etl([*args, "--help"], {}, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: ")
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_units_take_settings_from_a_file_and_the_key_from_a_credential(unit: str) -> None:
+    path = DEPLOY / unit
+    assert directive(path, "EnvironmentFile") == ["/etc/numbers-etl/numbers-etl.env"]
+    assert directive(path, "LoadCredential") == ["access_key:/etc/numbers-etl/access_key"]
+    assert directive(path, "Environment") == [f"{ACCESS_KEY_FILE_ENV}=%d/access_key"]
+    assert "--log-format json" in directive(path, "ExecStart")[0]
+    assert directive(path, "KillSignal") == ["SIGTERM"]
+
+
+def test_sync_unit_is_oneshot_and_tolerates_lock_and_stop() -> None:
+    path = DEPLOY / "numbers-etl-sync.service"
+    assert directive(path, "Type") == ["oneshot"]
+    assert directive(path, "SuccessExitStatus") == ["75 143"]
+    assert directive(DEPLOY / "numbers-etl-sync.timer", "Unit") == ["numbers-etl-sync.service"]
+    schedule = DEPLOY / "numbers-etl-schedule.service"
+    assert directive(schedule, "Restart") == ["on-failure"]
+    assert directive(schedule, "RestartPreventExitStatus") == ["2"]
+
+
+def test_metrics_file_directory_is_a_state_directory() -> None:
+    path = DEPLOY / "numbers-etl-sync.service"
+    (command,) = directive(path, "ExecStart")
+    args = etl_args(command)
+    metrics = Path(args[args.index("--metrics-file") + 1])
+    (state,) = directive(path, "StateDirectory")
+    assert str(metrics.parent.relative_to("/var/lib")) in state.split()
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not found")
+def test_systemd_analyze_verify(tmp_path: Path) -> None:
+    # The units name /opt/numbers-etl; verify needs an executable there, so point them at
+    # this installation's numbers-etl instead.
+    installed = Path(sys.executable).parent / "numbers-etl"
+    assert installed.exists()
+    names = [*UNITS, "numbers-etl-sync.timer"]
+    for name in names:
+        text = (DEPLOY / name).read_text().replace(BINARY, str(installed))
+        (tmp_path / name).write_text(text)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", *(str(tmp_path / n) for n in names)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    problems = [line for line in result.stderr.splitlines() if "numbers-etl" in line]
+    assert problems == []
+
+
+def test_timer_calendar_is_valid() -> None:
+    (calendar,) = directive(DEPLOY / "numbers-etl-sync.timer", "OnCalendar")
+    assert calendar == "*-*-* 00/6:00:00 UTC"
+    if shutil.which("systemd-analyze"):
+        result = subprocess.run(
+            ["systemd-analyze", "calendar", calendar], capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, result.stderr
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out[key] = value
+    return out
+
+
+def test_environment_file_is_a_valid_configuration(tmp_path: Path) -> None:
+    env = read_env_file(DEPLOY / "numbers-etl.env")
+    assert set(env) <= {ENV_PREFIX + k.upper() for k in KEYS}
+    assert f"{ENV_PREFIX}ACCESS_KEY" not in env  # the key comes from the credential
+    key = tmp_path / "access_key"
+    key.write_text("a-key\n")
+    settings = load_settings(env={**env, ACCESS_KEY_FILE_ENV: str(key)})
+    settings.require("access_key", "organization_id", "countries")
+    assert settings.schedule == "0 */6 * * *"
+
+
+def test_toml_example_is_a_valid_configuration() -> None:
+    settings = load_settings(env={}, config_path=DEPLOY / "config.toml")
+    assert settings.countries == ("US", "NL", "GB")
+    assert dict(settings.prefixes) == {"US": ("+1212", "+1646")}
+    assert settings.access_key is None
+
+
+def test_crontab_line(tmp_path: Path) -> None:
+    lines = [
+        line
+        for line in (DEPLOY / "crontab").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert len(lines) == 1
+    fields = lines[0].split(maxsplit=5)
+    CronTrigger.from_crontab(" ".join(fields[:5]), timezone="UTC")
+    command = fields[5]
+    assignments = dict(re.findall(r"\b(NUMBERS_ETL_\w+)=(\S+)", command))
+    assert set(assignments) == {CONFIG_ENV, ACCESS_KEY_FILE_ENV}
+    result = run_etl([*etl_args(command), "--help"], {}, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert lines[0] in README.read_text()  # the README shows the same line
