@@ -27,7 +27,11 @@ class Price:
 
     def same_as(self, other: Price | None) -> bool:
         """Equal as exact decimals with the same currency (35,-1 == 3500000,-6)."""
-        return other is not None and self.currency == other.currency and self.value == other.value
+        if other is None or self.currency != other.currency:
+            return False
+        if self.amount == other.amount and self.exponent == other.exponent:
+            return True  # the usual case, without building two Decimals
+        return self.value == other.value
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from etl.errors import (
 )
 from etl.records import Page, Rejection, Scope
 from etl.store import runs
-from etl.store.engine import make_engine
+from etl.store.engine import begin_write, make_engine
 from etl.store.lock import DatabaseLock
 from etl.store.migrate import check_schema
 from etl.store.writer import PageCounts, apply_page, close_scope
@@ -116,7 +116,7 @@ def in_transaction(engine: Engine, work: Callable[[Connection], T], attempts: in
     """Run ``work`` in one transaction, retried on a deadlock or a dropped connection."""
     for attempt in range(1, attempts + 1):
         try:
-            with engine.begin() as conn:
+            with begin_write(engine) as conn:
                 return work(conn)
         except DBAPIError as exc:
             if attempt == attempts or not _is_transient(exc):

@@ -27,19 +27,22 @@ TRACKED_FIELDS = (
 
 def attribute_values(item: StockItem) -> dict[str, Any]:
     """The tracked column values of an item (capabilities flattened to columns)."""
+    return dict(zip(TRACKED_FIELDS, attribute_tuple(item), strict=True))
+
+
+def attribute_tuple(item: StockItem) -> tuple[Any, ...]:
+    """The tracked column values of an item, in ``TRACKED_FIELDS`` order."""
     caps = dict(item.capabilities)
     other = sorted(name for name, on in caps.items() if on and name not in CAPABILITY_COLUMNS)
-    values: dict[str, Any] = {
-        "stock_item_id": item.stock_item_id,
-        "country_code": item.country_code,
-        "number_type": item.number_type,
-        "other_capabilities": ",".join(other) or None,
-        "back_order_required": item.back_order_required,
-        "back_order_stock_id": item.back_order_stock_id,
-    }
-    for column in CAPABILITY_COLUMNS:
-        values[column] = bool(caps.get(column, False))
-    return values
+    return (
+        item.stock_item_id,
+        item.country_code,
+        item.number_type,
+        *(bool(caps.get(column, False)) for column in CAPABILITY_COLUMNS),
+        ",".join(other) or None,
+        item.back_order_required,
+        item.back_order_stock_id,
+    )
 
 
 def price_values(price: Price) -> dict[str, Any]:
@@ -57,20 +60,36 @@ class StoredNumber:
 
     id: int
     number: str
-    attributes: Mapping[str, Any]
+    attributes: tuple[Any, ...]  # in TRACKED_FIELDS order
     price: Price
-    last_seen_at: datetime
     removed_at: datetime | None
 
+    # The columns ``from_tuple`` reads, in its order.
+    COLUMNS = (
+        "id",
+        "number",
+        *TRACKED_FIELDS,
+        "currency",
+        "price_amount",
+        "price_exponent",
+        "removed_at",
+    )
+
     @classmethod
-    def from_row(cls, row: Mapping[Any, Any]) -> StoredNumber:
+    def from_row(cls, row: Mapping[str, Any]) -> StoredNumber:
+        return cls.from_tuple(tuple(row[name] for name in cls.COLUMNS))
+
+    @classmethod
+    def from_tuple(cls, row: Sequence[Any]) -> StoredNumber:
+        """From the values of ``COLUMNS``, in that order (a database row)."""
+        end = 2 + len(TRACKED_FIELDS)
+        currency, amount, exponent, removed_at = row[end:]
         return cls(
-            id=row["id"],
-            number=row["number"],
-            attributes={name: row[name] for name in TRACKED_FIELDS},
-            price=Price(row["currency"], int(row["price_amount"]), int(row["price_exponent"])),
-            last_seen_at=row["last_seen_at"],
-            removed_at=row["removed_at"],
+            id=row[0],
+            number=row[1],
+            attributes=tuple(row[2:end]),
+            price=Price(currency, int(amount), int(exponent)),
+            removed_at=removed_at,
         )
 
 
@@ -104,12 +123,15 @@ def _fmt(value: Any) -> str:
     return "null" if value is None else str(value)
 
 
-def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """``field: old -> new`` for every tracked attribute that differs."""
+def changed_fields(old: Sequence[Any], new: Sequence[Any]) -> list[str]:
+    """``field: old -> new`` for every tracked attribute that differs (both in
+    ``TRACKED_FIELDS`` order)."""
+    if tuple(old) == tuple(new):
+        return []
     return [
-        f"{name}: {_fmt(old.get(name))} -> {_fmt(new[name])}"
-        for name in TRACKED_FIELDS
-        if old.get(name) != new[name]
+        f"{name}: {_fmt(before)} -> {_fmt(after)}"
+        for name, before, after in zip(TRACKED_FIELDS, old, new, strict=True)
+        if before != after
     ]
 
 
@@ -135,7 +157,7 @@ def diff_page(
             changes.events.append(Event(item.number, "listed", None))
             continue
         changes.seen_ids.append(stored.id)
-        diffs = changed_fields(stored.attributes, attribute_values(item))
+        diffs = changed_fields(stored.attributes, attribute_tuple(item))
         price_changed = not item.price.same_as(stored.price)
         if stored.removed_at is not None:
             changes.events.append(

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, or_, select, update
 
 from etl.errors import LockHeld
+from etl.store.engine import begin_write
 from etl.store.schema import LOCK_NAME, sync_lock
 
 log = logging.getLogger("etl.store")
@@ -63,7 +64,7 @@ class DatabaseLock:
         """Take the lock or raise LockHeld naming the holder and when its lock expires."""
         now = self.clock()
         c = sync_lock.c
-        with self.engine.begin() as conn:
+        with begin_write(self.engine) as conn:
             taken = conn.execute(
                 update(sync_lock)
                 .where(c.name == LOCK_NAME, or_(c.holder.is_(None), c.expires_at < now))
@@ -98,7 +99,7 @@ class DatabaseLock:
         )
 
     def set_run(self, run_id: int) -> None:
-        with self.engine.begin() as conn:
+        with begin_write(self.engine) as conn:
             conn.execute(
                 update(sync_lock)
                 .where(sync_lock.c.name == LOCK_NAME, sync_lock.c.holder == self.holder)
@@ -107,7 +108,7 @@ class DatabaseLock:
 
     def refresh(self) -> bool:
         """Extend the lock; False when it was lost (expired and taken by another)."""
-        with self.engine.begin() as conn:
+        with begin_write(self.engine) as conn:
             return (
                 conn.execute(
                     update(sync_lock)
@@ -121,7 +122,7 @@ class DatabaseLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        with self.engine.begin() as conn:
+        with begin_write(self.engine) as conn:
             conn.execute(
                 update(sync_lock)
                 .where(sync_lock.c.name == LOCK_NAME, sync_lock.c.holder == self.holder)

@@ -49,17 +49,52 @@ from etl.store.schema import (
 from etl.store.types import UTCDateTime
 
 MAX_PAYLOAD_CHARS = 16000
-_READ_COLUMNS = [
-    numbers.c.id,
-    numbers.c.number,
-    *(numbers.c[name] for name in TRACKED_FIELDS),
-    numbers.c.currency,
-    numbers.c.price_amount,
-    numbers.c.price_exponent,
-    numbers.c.last_seen_at,
-    numbers.c.removed_at,
-]
 _UPDATE_COLUMNS = (*TRACKED_FIELDS, "monthly_price", "currency", "price_amount", "price_exponent")
+
+# The statements of a page, built once: building a statement costs more than running it.
+_READ = select(*(numbers.c[name] for name in StoredNumber.COLUMNS)).where(
+    numbers.c.number.in_(bindparam("page_numbers", expanding=True))
+)
+_IDS = select(numbers.c.number, numbers.c.id).where(
+    numbers.c.number.in_(bindparam("new_numbers", expanding=True))
+)
+_SEEN_AT = bindparam("seen_at", type_=UTCDateTime())
+_SEEN = (
+    update(numbers)
+    .where(numbers.c.id.in_(bindparam("seen_ids", expanding=True)))
+    .values(
+        # last_seen_at never goes backwards, whatever the clock does
+        last_seen_at=case(
+            (numbers.c.last_seen_at < _SEEN_AT, _SEEN_AT), else_=numbers.c.last_seen_at
+        ),
+        last_seen_run_id=bindparam("seen_run_id"),
+        missed_runs=0,
+        first_missed_at=None,
+    )
+)
+_UPDATE = (
+    update(numbers)
+    .where(numbers.c.id == bindparam("b_id"))
+    .values({name: bindparam(f"b_{name}") for name in (*_UPDATE_COLUMNS, "removed_at")})
+)
+_COUNTERS = (
+    "pages",
+    "items",
+    "listed",
+    "relisted",
+    "changed",
+    "price_changes",
+    "rejected",
+    "unreadable",
+)
+_COUNT_PAGE = (
+    update(sync_scopes)
+    .where(sync_scopes.c.id == bindparam("scope_row_id"))
+    .values({name: sync_scopes.c[name] + bindparam(f"add_{name}") for name in _COUNTERS})
+)
+_INSERT_NUMBERS = insert(numbers)
+_INSERT_EVENTS = insert(number_events)
+_INSERT_PRICE_CHANGES = insert(price_changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +112,8 @@ def read_stored(conn: Connection, numbers_on_page: Sequence[str]) -> dict[str, S
     """The stored state of the given numbers, in one query."""
     if not numbers_on_page:
         return {}
-    rows = conn.execute(select(*_READ_COLUMNS).where(numbers.c.number.in_(numbers_on_page)))
-    return {row.number: StoredNumber.from_row(row._mapping) for row in rows}
+    rows = conn.execute(_READ, {"page_numbers": list(numbers_on_page)})
+    return {row[1]: StoredNumber.from_tuple(row) for row in rows}
 
 
 def page_changes(conn: Connection, page: Page) -> tuple[PageChanges, dict[str, StoredNumber]]:
@@ -95,22 +130,10 @@ def apply_page(conn: Connection, *, run_id: int, scope_row_id: int, page: Page) 
     at = page.fetched_at
     ids = _insert_new(conn, changes, run_id, at)
     if changes.seen_ids:
-        conn.execute(
-            update(numbers)
-            .where(numbers.c.id.in_(changes.seen_ids))
-            .values(
-                # last_seen_at never goes backwards, whatever the clock does
-                last_seen_at=case((numbers.c.last_seen_at < at, at), else_=numbers.c.last_seen_at),
-                last_seen_run_id=run_id,
-                missed_runs=0,
-                first_missed_at=None,
-            )
-        )
+        conn.execute(_SEEN, {"seen_ids": changes.seen_ids, "seen_at": at, "seen_run_id": run_id})
     if changes.updated:
         conn.execute(
-            update(numbers)
-            .where(numbers.c.id == bindparam("b_id"))
-            .values({name: bindparam(f"b_{name}") for name in (*_UPDATE_COLUMNS, "removed_at")}),
+            _UPDATE,
             [
                 {
                     "b_id": stored.id,
@@ -127,7 +150,7 @@ def apply_page(conn: Connection, *, run_id: int, scope_row_id: int, page: Page) 
         ids[stored.number] = stored.id
     if changes.events:  # every event's number is new (ids) or updated
         conn.execute(
-            insert(number_events),
+            _INSERT_EVENTS,
             [
                 {
                     "number_id": ids[e.number],
@@ -141,7 +164,7 @@ def apply_page(conn: Connection, *, run_id: int, scope_row_id: int, page: Page) 
         )
     if changes.price_changes:
         conn.execute(
-            insert(price_changes),
+            _INSERT_PRICE_CHANGES,
             [
                 {
                     "number_id": stored.id,
@@ -170,20 +193,13 @@ def apply_page(conn: Connection, *, run_id: int, scope_row_id: int, page: Page) 
         rejected=len(page.rejections),
         unreadable=sum(1 for r in page.rejections if r.number is None),
     )
-    c = sync_scopes.c
     conn.execute(
-        update(sync_scopes)
-        .where(c.id == scope_row_id)
-        .values(
-            pages=c.pages + 1,
-            items=c["items"] + counts.items,
-            listed=c.listed + counts.listed,
-            relisted=c.relisted + counts.relisted,
-            changed=c.changed + counts.changed,
-            price_changes=c.price_changes + counts.price_changes,
-            rejected=c.rejected + counts.rejected,
-            unreadable=c.unreadable + counts.unreadable,
-        )
+        _COUNT_PAGE,
+        {
+            "scope_row_id": scope_row_id,
+            "add_pages": 1,
+            **{f"add_{name}": getattr(counts, name) for name in _COUNTERS[1:]},
+        },
     )
     return counts
 
@@ -195,7 +211,7 @@ def _insert_new(
     if not changes.new:
         return {}
     conn.execute(
-        insert(numbers),
+        _INSERT_NUMBERS,
         [
             {
                 "number": item.number,
@@ -211,12 +227,8 @@ def _insert_new(
             for item in changes.new
         ],
     )
-    rows = conn.execute(
-        select(numbers.c.number, numbers.c.id).where(
-            numbers.c.number.in_([item.number for item in changes.new])
-        )
-    )
-    return {row.number: row.id for row in rows}
+    rows = conn.execute(_IDS, {"new_numbers": [item.number for item in changes.new]})
+    return {row[0]: row[1] for row in rows}
 
 
 def _payload_text(rejection: Rejection) -> str:
