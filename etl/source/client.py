@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 import threading
@@ -151,6 +152,13 @@ class BirdClient:
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
         self._session.auth = _AccessKeyAuth(access_key)
+        # With trust_env, requests reads the proxy and CA-bundle variables again for every
+        # request (a measurable share of a page's cost); read them once, here, instead.
+        self._session.proxies.update(requests.utils.get_environ_proxies(self.url))
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if bundle:
+            self._session.verify = bundle
+        self._session.trust_env = False
         self._session.headers.update({"Accept": "application/json", "User-Agent": user_agent})
 
     def __repr__(self) -> str:

@@ -126,19 +126,29 @@ def _capabilities(item: dict[str, Any], problems: _Problems) -> tuple[tuple[str,
         return ()
     flags: list[tuple[str, bool]] = []
     for channel, directions in value.items():
-        if not (isinstance(channel, str) and CHANNEL_RE.fullmatch(channel)):
-            problems.add("capabilities channel", channel, "is not a name of [a-z0-9_]{1,32}")
-            continue
+        names = _CHANNEL_COLUMNS.get(channel) if isinstance(channel, str) else None
+        if names is None:
+            if not (isinstance(channel, str) and CHANNEL_RE.fullmatch(channel)):
+                problems.add("capabilities channel", channel, "is not a name of [a-z0-9_]{1,32}")
+                continue
+            names = tuple(f"{channel}_{direction}" for direction in DIRECTIONS)
+            if len(_CHANNEL_COLUMNS) < 1000:  # a hostile listing cannot grow it without end
+                _CHANNEL_COLUMNS[channel] = names
         if not isinstance(directions, dict):
             problems.add(f"capabilities.{channel}", directions, "is not {inbound, outbound}")
             continue
-        for direction in DIRECTIONS:
+        for direction, name in zip(DIRECTIONS, names, strict=True):
             flag = directions.get(direction, _MISSING)
-            if isinstance(flag, bool):
-                flags.append((f"{channel}_{direction}", flag))
+            if flag is True or flag is False:
+                flags.append((name, flag))
             else:
                 problems.add(f"capabilities.{channel}.{direction}", flag, "is not true or false")
-    return tuple(sorted(flags))
+    flags.sort()
+    return tuple(flags)
+
+
+# Valid channel name -> its column names ("sms" -> ("sms_inbound", "sms_outbound")).
+_CHANNEL_COLUMNS: dict[str, tuple[str, ...]] = {}
 
 
 def _price(item: dict[str, Any], problems: _Problems) -> Price | None:

@@ -69,7 +69,11 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             "init_command": f"SET SESSION sql_mode='{MYSQL_SQL_MODE}', time_zone='+00:00'",
         }
     elif backend == "postgresql":
-        kwargs["connect_args"] = {"options": "-c timezone=UTC"}
+        # psycopg prepares a statement on the server after 5 runs, and PostgreSQL then keeps
+        # a generic plan chosen while `numbers` was still small: a sequential scan that made
+        # a first sync of 200,000 numbers quadratic (8 minutes instead of 20 seconds, see
+        # bench/RESULTS.md). Custom plans are made for each run's actual parameters.
+        kwargs["connect_args"] = {"options": "-c timezone=UTC -c plan_cache_mode=force_custom_plan"}
     return create_engine(url, **kwargs)
 
 

@@ -1,0 +1,906 @@
+"""Benchmark of the whole sync against its ceilings, on SQLite and PostgreSQL.
+
+For each database, with a synthetic stock of N numbers over C countries served by the
+simulator in its own process (no added latency), in one run:
+
+  (a) the first sync (every number new),
+  (b) a steady-state sync after 1% of prices changed, 1% of numbers were sold and 1% arrived,
+  (c) a sync with nothing changed;
+
+and, on the same data and the same database server, the two ceilings:
+
+  (1) HTTP: every page fetched with the project's own client and thrown away,
+  (2) DB: a plain driver-level executemany ``INSERT ... ON CONFLICT (number) DO UPDATE`` of the
+      same rows into the same ``numbers`` table (fresh database, one transaction per page of
+      99 like the sync), once into the empty table (all inserts) and once more (all updates).
+
+Every measured step runs in its own child process, so its peak RSS is its own. Statements
+are counted with SQLAlchemy's ``before_cursor_execute`` (an executemany counts once), over the
+whole run (page writes, scope close, run and lock bookkeeping) divided by pages.
+
+Also: scaling on SQLite at other sizes (peak RSS must not grow with the stock), a
+latency-bound run (50 ms per request, 8 countries, concurrency 8, 50 requests/s) against its
+floor pages / 50, and an optional comparison with dlt when it is installed.
+
+Run:   .venv/bin/python bench/sync_bench.py            (defaults: N=200000, C=10; ~15 min)
+Quick: .venv/bin/python bench/sync_bench.py --size 20000 --scaling '' --output /tmp/r.md
+Writes bench/RESULTS.md (or --output) and prints the same tables."""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import contextlib
+import datetime as dt
+import importlib.metadata
+import itertools
+import json
+import os
+import platform
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(ROOT))
+
+ACCESS_KEY = "bench-access-key"
+ORGANIZATION_ID = "org-bench"
+ALL_COUNTRIES = ("US", "NL", "GB", "DE", "FR", "CA", "ES", "IT", "BE", "SE", "AT", "CH")
+RESULTS = Path(__file__).with_name("RESULTS.md")
+DEFAULT_PG = "postgresql+psycopg://root@127.0.0.1:5432/test"
+NO_LIMIT = 10_000.0  # requests/s: the highest limit allowed, too high to matter here
+
+# The simulator runs in its own process and is driven over its stdin, one JSON command a line.
+SERVER = """
+import json, sys
+from etl.simulator import Simulator, SyntheticStock
+spec = json.loads(sys.argv[1])
+stock = SyntheticStock(seed=spec["seed"], countries=spec["countries"], size=spec["size"])
+sim = Simulator(stock, access_key=spec["key"], organization_id=spec["org"])
+sim.faults.set_latency(spec["latency"])
+sim.start()
+print(sim.url, flush=True)
+for line in sys.stdin:
+    command = json.loads(line)
+    if command["do"] == "evolve":
+        answer = stock.evolve(**command["rates"])
+    elif command["do"] == "times":
+        answer = [r.time for r in sim.requests]
+        sim.requests.clear()
+    else:
+        break
+    print(json.dumps(answer), flush=True)
+sim.stop()
+"""
+
+
+# --- the simulator process ------------------------------------------------------------------
+
+
+class SimulatorProcess:
+    def __init__(self, size: int, countries: Sequence[str], latency: float = 0.0) -> None:
+        spec = {
+            "seed": 42,
+            "countries": list(countries),
+            "size": size,
+            "key": ACCESS_KEY,
+            "org": ORGANIZATION_ID,
+            "latency": latency,
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", SERVER, json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        self.url = self._read()
+        if not self.url.startswith("http://"):
+            self.close()
+            raise SystemExit(f"the simulator did not start (it printed {self.url!r})")
+
+    def _read(self) -> str:
+        assert self.process.stdout is not None
+        return self.process.stdout.readline().strip()
+
+    def ask(self, command: dict[str, Any]) -> Any:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        return json.loads(self._read())
+
+    def evolve(self, percent: float) -> dict[str, int]:
+        rate = percent / 100
+        rates = {
+            "price_change_rate": rate,
+            "removal_rate": rate,
+            "arrival_rate": rate,
+            "relist_rate": 0.0,
+        }
+        result: dict[str, int] = self.ask({"do": "evolve", "rates": rates})
+        return result
+
+    def request_times(self) -> list[float]:
+        times: list[float] = self.ask({"do": "times"})
+        return times
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()  # the server stops at the end of its input
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+# --- children: each measured step in its own process ------------------------------------------
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def settings_for(spec: dict[str, Any]) -> Any:
+    from etl.config import load_settings
+
+    env = {
+        "NUMBERS_ETL_DATABASE_URL": spec.get("db", "sqlite://"),
+        "NUMBERS_ETL_API_URL": spec["url"],
+        "NUMBERS_ETL_ACCESS_KEY": ACCESS_KEY,
+        "NUMBERS_ETL_ORGANIZATION_ID": ORGANIZATION_ID,
+        "NUMBERS_ETL_COUNTRIES": ",".join(spec["countries"]),
+        "NUMBERS_ETL_CONCURRENCY": str(spec["concurrency"]),
+        "NUMBERS_ETL_MAX_REQUESTS_PER_SECOND": str(spec["rate"]),
+    }
+    return load_settings(env=env)
+
+
+def child_sync(spec: dict[str, Any]) -> dict[str, Any]:
+    """One `numbers-etl sync`, as the CLI runs it, with its statements counted."""
+    from sqlalchemy import event
+
+    from etl.store.engine import make_engine
+    from etl.sync import Sync
+
+    settings = settings_for(spec)
+    engine = make_engine(settings.database_url, pool_size=settings.concurrency)
+    statements = itertools.count()
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _count(*_args: Any) -> None:
+        next(statements)
+
+    started = time.perf_counter()
+    result = Sync(settings, engine=engine).run()
+    seconds = time.perf_counter() - started
+    engine.dispose()
+    pages = result.total("pages")
+    return {
+        "seconds": seconds,
+        "pages": pages,
+        "items": result.total("items"),
+        "listed": result.total("listed"),
+        "removed": result.total("removed"),
+        "price_changes": result.total("price_changes"),
+        "statements": next(statements),
+        "status": result.status,
+        "exit_code": result.exit_code,
+        "rss_mb": peak_rss_mb(),
+    }
+
+
+def fetch_all(spec: dict[str, Any], on_page: Callable[[Any], None]) -> tuple[int, int]:
+    """Every page of every country with the project's client, ``concurrency`` countries at a
+    time; returns (pages, items)."""
+    from etl.records import Scope
+    from etl.source.client import BirdClient
+    from etl.source.paginator import iter_pages
+    from etl.source.ratelimit import RateLimiter
+
+    settings = settings_for(spec)
+    client = BirdClient(
+        settings.api_url,
+        settings.access_key,
+        settings.organization_id,
+        rate_limiter=RateLimiter(settings.max_requests_per_second),
+    )
+    totals = [0, 0]
+    lock = threading.Lock()
+
+    def run(country: str) -> None:
+        for page in iter_pages(client, Scope(country), page_size=99, max_pages=100_000):
+            on_page(page)
+            with lock:
+                totals[0] += 1
+                totals[1] += len(page.items)
+
+    with ThreadPoolExecutor(settings.concurrency) as pool:
+        list(pool.map(run, settings.countries))
+    client.close()
+    return totals[0], totals[1]
+
+
+def child_http(spec: dict[str, Any]) -> dict[str, Any]:
+    """The HTTP ceiling: page everything, parse it (as the sync must), keep nothing."""
+    started = time.perf_counter()
+    pages, items = fetch_all(spec, lambda page: None)
+    return {
+        "seconds": time.perf_counter() - started,
+        "pages": pages,
+        "items": items,
+        "rss_mb": peak_rss_mb(),
+    }
+
+
+def child_db(spec: dict[str, Any]) -> dict[str, Any]:
+    """The DB ceiling: the same rows upserted with the bare driver, twice."""
+    from etl.store.diff import attribute_values, price_values
+
+    pages: list[list[dict[str, Any]]] = []
+    at = dt.datetime.now(dt.UTC)
+
+    def keep(page: Any) -> None:
+        pages.append(
+            [
+                {"number": i.number, **attribute_values(i), **price_values(i.price)}
+                for i in page.items
+            ]
+        )
+
+    fetch_all(spec, keep)  # not timed
+    columns = [*pages[0][0], "first_seen_at", "last_seen_at", "missed_runs"]
+    updated = [c for c in columns if c not in ("number", "first_seen_at", "missed_runs")]
+    sqlite = spec["db"].startswith("sqlite")
+    mark = "?" if sqlite else "%s"
+    sql = (
+        f"INSERT INTO numbers ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
+        f" ON CONFLICT (number) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in updated)
+    )
+
+    def convert(value: Any) -> Any:
+        if sqlite and isinstance(value, dt.datetime):
+            return value.replace(tzinfo=None).isoformat(sep=" ")
+        if sqlite and not isinstance(value, (int, str, type(None))):
+            return str(value)  # Decimal, as the project binds it on SQLite
+        return value
+
+    rows = [[[convert(v) for v in (*r.values(), at, at, 0)] for r in page] for page in pages]
+    if sqlite:
+        path = spec["db"].removeprefix("sqlite:///")
+        conn: Any = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+    else:
+        import psycopg
+
+        conn = psycopg.connect(spec["db"].replace("postgresql+psycopg", "postgresql"))
+    timings = []
+    for _ in range(2):
+        started = time.perf_counter()
+        for page in rows:
+            if sqlite:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(sql, page)
+                conn.execute("COMMIT")
+            else:
+                with conn.cursor() as cursor:
+                    cursor.executemany(sql, page)
+                conn.commit()
+        timings.append(time.perf_counter() - started)
+    conn.close()
+    return {
+        "insert_seconds": timings[0],
+        "upsert_seconds": timings[1],
+        "pages": len(rows),
+        "items": sum(len(p) for p in rows),
+        "rss_mb": peak_rss_mb(),
+    }
+
+
+def child_dlt(spec: dict[str, Any]) -> dict[str, Any]:
+    """dlt's rest_api source with merge/scd2 into the same database: two loads."""
+    import dlt
+    from dlt.sources.rest_api import rest_api_source
+
+    def source() -> Any:
+        return rest_api_source(
+            {
+                "client": {
+                    "base_url": f"{spec['url']}/organizations/{ORGANIZATION_ID}/",
+                    "headers": {"Authorization": f"AccessKey {ACCESS_KEY}"},
+                    "paginator": {
+                        "type": "cursor",
+                        "cursor_path": "nextPageToken",
+                        "cursor_param": "pageToken",
+                    },
+                },
+                "resources": [
+                    {
+                        "name": "numbers_stock_items",
+                        "endpoint": {
+                            "path": "numbers-stock-items",
+                            "params": {"limit": 99, "countryCodes": ",".join(spec["countries"])},
+                            "data_selector": "results",
+                        },
+                        "primary_key": "numberString",
+                        "write_disposition": {"disposition": "merge", "strategy": "scd2"},
+                    }
+                ],
+            }
+        )
+
+    credentials = spec["db"].replace("+psycopg", "")
+    pipeline = dlt.pipeline(
+        pipeline_name="numbers_etl_bench",
+        destination=dlt.destinations.sqlalchemy(credentials)
+        if credentials.startswith("sqlite")
+        else dlt.destinations.postgres(credentials),
+        dataset_name="dlt_bench",
+        pipelines_dir=spec["workdir"],
+    )
+    timings = []
+    for _ in range(2):
+        started = time.perf_counter()
+        pipeline.run(source())
+        timings.append(time.perf_counter() - started)
+    return {"first_seconds": timings[0], "second_seconds": timings[1], "rss_mb": peak_rss_mb()}
+
+
+CHILDREN = {"sync": child_sync, "http": child_http, "db": child_db, "dlt": child_dlt}
+
+
+def run_child(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    process = subprocess.run(
+        [sys.executable, __file__, "--child", kind, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    if process.returncode != 0:
+        raise SystemExit(f"the {kind} step failed:\n{process.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(process.stdout.strip().splitlines()[-1])
+    return result
+
+
+# --- databases --------------------------------------------------------------------------------
+
+
+class Databases:
+    """Fresh databases for each step: SQLite files under ``workdir``, PostgreSQL databases
+    created next to the one ``pg_admin`` names (and dropped at the end)."""
+
+    def __init__(self, workdir: Path, pg_admin: str) -> None:
+        self.workdir = workdir
+        self.pg_admin = pg_admin
+        self.created: list[str] = []
+
+    def fresh(self, kind: str, name: str) -> str:
+        from etl.store.engine import make_engine
+        from etl.store.migrate import upgrade
+
+        if kind == "sqlite":
+            path = self.workdir / f"{name}.sqlite"
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            url = f"sqlite:///{path}"
+        else:
+            database = f"numbers_etl_bench_{os.getpid()}_{name}"  # parallel runs never meet
+            self._admin(f'DROP DATABASE IF EXISTS "{database}"', f'CREATE DATABASE "{database}"')
+            self.created.append(database)
+            url = self._url(database)
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        return url
+
+    def _url(self, database: str) -> str:
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.pg_admin).set(database=database).render_as_string(False)
+
+    def _admin(self, *statements: str) -> None:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(self.pg_admin, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            for statement in statements:
+                conn.execute(text(statement))
+        engine.dispose()
+
+    def server_version(self) -> str:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(self.pg_admin)
+        with engine.connect() as conn:
+            version = str(conn.execute(text("SHOW server_version")).scalar())
+        engine.dispose()
+        return version
+
+    def drop_all(self) -> None:
+        if self.created:
+            self._admin(*(f'DROP DATABASE IF EXISTS "{d}"' for d in dict.fromkeys(self.created)))
+
+
+def postgres_available(url: str) -> str | None:
+    """None when PostgreSQL answers at ``url``, else why not."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+    except (SQLAlchemyError, ImportError) as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+def dlt_installed() -> bool:
+    try:
+        import dlt  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# --- the runs ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    args: argparse.Namespace
+    started: dt.datetime
+    sections: list[str] = field(default_factory=list)
+    targets: list[tuple[str, str, bool | None]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def table(self, title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        lines = [f"### {title}", "", "| " + " | ".join(header) + " |"]
+        lines.append("|" + "|".join("---" for _ in header) + "|")
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        text = "\n".join(lines) + "\n"
+        print("\n" + text, flush=True)
+        self.sections.append(text)
+
+    def target(self, name: str, figure: str, met: bool | None) -> None:
+        verdict = {True: "met", False: "MISSED", None: "not measured"}[met]
+        print(f"target: {name}: {figure} -> {verdict}", flush=True)
+        self.targets.append((name, figure, met))
+
+
+def rate(items: int, seconds: float) -> str:
+    return f"{items / seconds:,.0f}" if seconds > 0 else "-"
+
+
+def bench_database(
+    kind: str, args: argparse.Namespace, dbs: Databases, report: Report
+) -> dict[str, Any]:
+    countries = ALL_COUNTRIES[: args.countries]
+    print(f"\n== {kind}: N={args.size:,} over {len(countries)} countries", flush=True)
+    sim = SimulatorProcess(args.size, countries)
+    try:
+        spec = {
+            "url": sim.url,
+            "countries": countries,
+            "concurrency": args.concurrency,
+            "rate": NO_LIMIT,
+        }
+        sync_db = dbs.fresh(kind, "sync")
+        http = run_child("http", spec)
+        print(f"   HTTP ceiling {http['seconds']:.1f} s", flush=True)
+        db = run_child("db", {**spec, "db": dbs.fresh(kind, "ceiling")})
+        print(
+            f"   DB ceiling {db['insert_seconds']:.1f} s insert, {db['upsert_seconds']:.1f} s"
+            " upsert",
+            flush=True,
+        )
+        runs: dict[str, dict[str, Any]] = {}
+        runs["first"] = run_child("sync", {**spec, "db": sync_db})
+        print(f"   first sync {runs['first']['seconds']:.1f} s", flush=True)
+        evolved = sim.evolve(args.change_percent)
+        runs["steady"] = run_child("sync", {**spec, "db": sync_db})
+        print(f"   steady-state sync {runs['steady']['seconds']:.1f} s", flush=True)
+        runs["unchanged"] = run_child("sync", {**spec, "db": sync_db})
+        print(f"   unchanged sync {runs['unchanged']['seconds']:.1f} s", flush=True)
+        dlt_result = None
+        if args.dlt and dlt_installed():
+            dlt_spec = {**spec, "db": dbs.fresh(kind, "dlt"), "workdir": str(dbs.workdir)}
+            dlt_result = run_child("dlt", dlt_spec)
+    finally:
+        sim.close()
+
+    ceilings = {
+        "first": http["seconds"] + db["insert_seconds"],
+        "steady": http["seconds"] + db["upsert_seconds"],
+        "unchanged": http["seconds"] + db["upsert_seconds"],
+    }
+    labels = {
+        "first": "(a) first sync, all new",
+        "steady": f"(b) steady state: {evolved['price_changes']:,} prices changed, "
+        f"{evolved['removed']:,} sold, {evolved['added']:,} new",
+        "unchanged": "(c) nothing changed",
+    }
+    rows = []
+    for name, r in runs.items():
+        if r["exit_code"] != 0:
+            raise SystemExit(f"the {name} sync on {kind} ended {r['status']}: {r}")
+        rows.append(
+            [
+                labels[name],
+                f"{r['items']:,}",
+                f"{r['seconds']:.2f}",
+                rate(r["items"], r["seconds"]),
+                f"{r['rss_mb']:.0f}",
+                f"{r['statements'] / r['pages']:.2f}",
+                f"{r['listed']:,} / {r['removed']:,} / {r['price_changes']:,}",
+                f"{r['seconds'] / ceilings[name]:.2f}",
+                f"{r['seconds'] / http['seconds']:.2f}",
+            ]
+        )
+    rows.append(
+        [
+            "(1) HTTP ceiling: client only",
+            f"{http['items']:,}",
+            f"{http['seconds']:.2f}",
+            rate(http["items"], http["seconds"]),
+            f"{http['rss_mb']:.0f}",
+            "-",
+            "-",
+            "-",
+            "1.00",
+        ]
+    )
+    for label, seconds in (("insert", db["insert_seconds"]), ("upsert", db["upsert_seconds"])):
+        rows.append(
+            [
+                f"(2) DB ceiling: executemany {label}",
+                f"{db['items']:,}",
+                f"{seconds:.2f}",
+                rate(db["items"], seconds),
+                "-",
+                "1 per page",
+                "-",
+                "-",
+                "-",
+            ]
+        )
+    if dlt_result is not None:
+        for label, seconds in (("first", "first_seconds"), ("second", "second_seconds")):
+            rows.append(
+                [
+                    f"dlt rest_api merge/scd2, {label} load",
+                    f"{runs['unchanged']['items']:,}",
+                    f"{dlt_result[seconds]:.2f}",
+                    rate(runs["unchanged"]["items"], dlt_result[seconds]),
+                    f"{dlt_result['rss_mb']:.0f}",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                ]
+            )
+    report.table(
+        f"{kind}: N = {args.size:,} over {len(countries)} countries, concurrency "
+        f"{args.concurrency}, no latency",
+        [
+            "step",
+            "numbers",
+            "wall s",
+            "numbers/s",
+            "peak RSS MB",
+            "statements/page",
+            "listed / removed / price changes",
+            "x (HTTP + DB ceiling)",
+            "x HTTP ceiling",
+        ],
+        rows,
+    )
+    steady = runs["steady"]
+    floor = 40_000 if kind == "sqlite" else 30_000
+    per_second = steady["items"] / steady["seconds"]
+    report.target(
+        f"steady-state sync on {kind} >= {floor:,} numbers/s",
+        f"{per_second:,.0f} numbers/s",
+        per_second >= floor,
+    )
+    ratio = steady["seconds"] / ceilings["steady"]
+    report.target(
+        f"steady-state sync on {kind} <= 1.5 x (HTTP + DB ceiling)",
+        f"{steady['seconds']:.2f} s / ({http['seconds']:.2f} + {db['upsert_seconds']:.2f}) s "
+        f"= {ratio:.2f} x",
+        ratio <= 1.5,
+    )
+    if dlt_result is not None:
+        speedup = dlt_result["first_seconds"] / runs["first"]["seconds"]
+        report.target(
+            f"first sync on {kind} >= 4 x dlt's first load",
+            f"{speedup:.1f} x",
+            speedup >= 4,
+        )
+    return runs
+
+
+def bench_scaling(args: argparse.Namespace, dbs: Databases, report: Report) -> None:
+    countries = ALL_COUNTRIES[: args.countries]
+    rows = []
+    peaks: dict[int, float] = {}
+    for size in args.scaling:
+        print(f"\n== scaling on sqlite: N={size:,}", flush=True)
+        sim = SimulatorProcess(size, countries)
+        try:
+            spec = {
+                "url": sim.url,
+                "countries": countries,
+                "concurrency": args.concurrency,
+                "rate": NO_LIMIT,
+                "db": dbs.fresh("sqlite", f"scale_{size}"),
+            }
+            first = run_child("sync", spec)
+            sim.evolve(args.change_percent)
+            steady = run_child("sync", spec)
+        finally:
+            sim.close()
+        peaks[size] = max(first["rss_mb"], steady["rss_mb"])
+        rows.append(
+            [
+                f"{size:,}",
+                f"{first['seconds']:.2f}",
+                rate(first["items"], first["seconds"]),
+                f"{first['rss_mb']:.0f}",
+                f"{steady['seconds']:.2f}",
+                rate(steady["items"], steady["seconds"]),
+                f"{steady['rss_mb']:.0f}",
+                f"{steady['statements'] / steady['pages']:.2f}",
+            ]
+        )
+        print(f"   first {first['seconds']:.1f} s, steady {steady['seconds']:.1f} s", flush=True)
+    report.table(
+        f"Scaling on SQLite ({len(countries)} countries, concurrency {args.concurrency})",
+        [
+            "N",
+            "first wall s",
+            "first numbers/s",
+            "first peak RSS MB",
+            "steady wall s",
+            "steady numbers/s",
+            "steady peak RSS MB",
+            "statements/page",
+        ],
+        rows,
+    )
+    if peaks:
+        biggest = max(peaks)
+        report.target(
+            f"peak RSS at N = {biggest:,} <= 150 MB",
+            f"{peaks[biggest]:.0f} MB",
+            peaks[biggest] <= 150,
+        )
+        base = 100_000 if 100_000 in peaks else min(peaks)
+        if base != biggest:
+            growth = peaks[biggest] / peaks[base]
+            report.target(
+                f"peak RSS at N = {biggest:,} <= 1.2 x the peak at N = {base:,}",
+                f"{peaks[biggest]:.0f} / {peaks[base]:.0f} MB = {growth:.2f} x",
+                growth <= 1.2,
+            )
+
+
+def max_in_window(times: Sequence[float], window: float = 1.0) -> int:
+    ordered = sorted(times)
+    return max(
+        (bisect.bisect_left(ordered, t + window) - i for i, t in enumerate(ordered)), default=0
+    )
+
+
+def bench_latency(args: argparse.Namespace, dbs: Databases, report: Report) -> None:
+    countries = ALL_COUNTRIES[:8]
+    limit = 50.0
+    print(f"\n== latency-bound: N={args.latency_size:,}, 50 ms a request", flush=True)
+    sim = SimulatorProcess(args.latency_size, countries, latency=0.05)
+    try:
+        sim.request_times()
+        spec = {
+            "url": sim.url,
+            "countries": countries,
+            "concurrency": 8,
+            "rate": limit,
+            "db": dbs.fresh("sqlite", "latency"),
+        }
+        result = run_child("sync", spec)
+        times = sim.request_times()
+    finally:
+        sim.close()
+    floor = result["pages"] / limit
+    ratio = result["seconds"] / floor
+    busiest = max_in_window(times)
+    report.table(
+        "Latency-bound: 50 ms added per request, 8 countries, concurrency 8, limit 50 req/s",
+        [
+            "numbers",
+            "pages",
+            "wall s",
+            "floor pages/50 s",
+            "wall / floor",
+            "achieved req/s",
+            "max requests in any 1 s",
+        ],
+        [
+            [
+                f"{result['items']:,}",
+                f"{result['pages']:,}",
+                f"{result['seconds']:.2f}",
+                f"{floor:.2f}",
+                f"{ratio:.3f}",
+                f"{len(times) / (max(times) - min(times)):.1f}" if len(times) > 1 else "-",
+                str(busiest),
+            ]
+        ],
+    )
+    report.target(
+        "latency-bound run within 10% of pages / 50",
+        f"{result['seconds']:.2f} s against {floor:.2f} s = {ratio:.3f} x",
+        ratio <= 1.10,
+    )
+    report.target(
+        "latency-bound run never above 50 requests in any 1 s",
+        f"at most {busiest} requests in a 1 s window",
+        busiest <= limit,
+    )
+
+
+def versions(dbs: Databases, postgres: bool) -> list[str]:
+    def version(name: str) -> str:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    lines = [
+        f"- Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        f"- Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
+        + ", ".join(
+            f"{name} {version(name)}"
+            for name in ("numbers-etl", "SQLAlchemy", "psycopg", "requests", "urllib3", "dlt")
+        ),
+    ]
+    if postgres:
+        lines.append(f"- PostgreSQL server {dbs.server_version()}")
+    return lines
+
+
+def write_report(report: Report, dbs: Databases, postgres: bool, seconds: float) -> None:
+    args = report.args
+    command = "python bench/sync_bench.py" + "".join(f" {a}" for a in sys.argv[1:])
+    lines = [
+        "# numbers-etl sync benchmark",
+        "",
+        f"Run on {report.started:%Y-%m-%d %H:%M} UTC in {seconds / 60:.1f} min with:",
+        "",
+        f"    {command}",
+        "",
+        *versions(dbs, postgres),
+        "",
+        "Every figure below comes from this one run. The simulator runs in its own process on "
+        "loopback, each measured step in a child process of its own (peak RSS is that "
+        "child's). Statements/page counts every statement of the run (page writes, scope "
+        "close, run and lock bookkeeping; an executemany counts once) divided by its pages. "
+        "The DB ceiling upserts the same rows with the bare driver into the same `numbers` "
+        "table of a fresh database, one transaction per page of 99, like the sync.",
+        "",
+        "## Targets",
+        "",
+        "| target | figure | verdict |",
+        "|---|---|---|",
+        *(
+            f"| {name} | {figure} | "
+            f"{ {True: 'met', False: '**missed**', None: 'not measured'}[met] } |"
+            for name, figure, met in report.targets
+        ),
+        "",
+        "## Figures",
+        "",
+        *report.sections,
+    ]
+    if report.notes:
+        lines += ["## Notes", "", *(f"- {n}" for n in report.notes), ""]
+    existing = args.output.read_text() if args.output.exists() else ""
+    analysis = existing.split("<!-- analysis -->", 1)
+    if len(analysis) == 2:  # keep the hand-written analysis below the marker
+        lines += ["<!-- analysis -->" + analysis[1].rstrip("\n")]
+    args.output.write_text("\n".join(lines) + "\n")
+    print(f"\nwrote {args.output}")
+
+
+def sizes(text: str) -> list[int]:
+    return [int(s.replace("_", "")) for s in text.split(",") if s.strip()]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=200_000, help="N (default 200000)")
+    parser.add_argument("--countries", type=int, default=10, help="C (default 10, max 12)")
+    parser.add_argument("--concurrency", type=int, default=4, help="countries in parallel")
+    parser.add_argument("--change-percent", type=float, default=1.0)
+    parser.add_argument(
+        "--databases", default="sqlite,postgresql", help="comma-separated: sqlite,postgresql"
+    )
+    parser.add_argument(
+        "--scaling",
+        type=sizes,
+        default=sizes("20000,100000,1000000"),
+        help="sizes for the SQLite scaling table ('' for none)",
+    )
+    parser.add_argument("--latency-size", type=int, default=50_000, help="0 to skip")
+    parser.add_argument("--no-dlt", dest="dlt", action="store_false")
+    parser.add_argument(
+        "--postgresql-url",
+        default=os.environ.get("NUMBERS_ETL_BENCH_POSTGRESQL_URL", DEFAULT_PG),
+        help="a PostgreSQL database to connect to for creating the bench databases",
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--child", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not 1 <= args.countries <= len(ALL_COUNTRIES):
+        parser.error(f"--countries {args.countries}: between 1 and {len(ALL_COUNTRIES)}")
+    args.databases = [d.strip() for d in args.databases.split(",") if d.strip()]
+    unknown = set(args.databases) - {"sqlite", "postgresql"}
+    if unknown:
+        parser.error(f"--databases: unknown {', '.join(sorted(unknown))}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        kind, spec = args.child
+        print(json.dumps(CHILDREN[kind](json.loads(spec))))
+        return 0
+    report = Report(args, dt.datetime.now(dt.UTC))
+    started = time.perf_counter()
+    postgres = "postgresql" in args.databases
+    if postgres:
+        why = postgres_available(args.postgresql_url)
+        if why is not None:
+            report.notes.append(f"PostgreSQL skipped: {why} (set --postgresql-url)")
+            print(f"PostgreSQL is not available, skipped: {why}", file=sys.stderr)
+            postgres = False
+    if args.dlt and not dlt_installed():
+        report.notes.append(
+            "dlt comparison skipped: dlt is not installed (it is never a dependency of "
+            "numbers-etl; `pip install 'dlt[sqlalchemy,postgres]'` in the venv to include it)"
+        )
+    with tempfile.TemporaryDirectory(prefix="numbers-etl-bench-") as workdir:
+        dbs = Databases(Path(workdir), args.postgresql_url)
+        try:
+            for kind in args.databases:
+                if kind == "sqlite" or postgres:
+                    bench_database(kind, args, dbs, report)
+            if args.scaling:
+                bench_scaling(args, dbs, report)
+            if args.latency_size:
+                bench_latency(args, dbs, report)
+            write_report(report, dbs, postgres, time.perf_counter() - started)
+        finally:
+            if postgres:
+                dbs.drop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

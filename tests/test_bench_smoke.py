@@ -1,0 +1,55 @@
+"""The sync benchmark runs end to end at a tiny size (its figures are not checked here: speed
+is measured by the benchmark itself, written down in bench/RESULTS.md, never asserted)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DATABASES, _require_server
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "sync_bench.py"
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_sync_bench_runs_end_to_end(database: str, tmp_path: Path) -> None:
+    args = ["--size", "400", "--countries", "3", "--databases", database, "--no-dlt"]
+    if database == "postgresql":
+        url = DATABASES["postgresql"]
+        assert url is not None
+        _require_server("postgresql", url)
+        args += ["--postgresql-url", url, "--scaling", "", "--latency-size", "0"]
+    else:
+        args += ["--scaling", "300,600", "--latency-size", "160"]
+    output = tmp_path / "RESULTS.md"
+    process = subprocess.run(
+        [sys.executable, str(BENCH), *args, "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    report = output.read_text()
+    assert f"### {database}: N = 400 over 3 countries" in report
+    # every sync step ran, listed what the simulator served, and has its figures
+    rows = {
+        match.group(1): match.group(2)
+        for match in re.finditer(r"^\| \((a|b|c)\) [^|]*\| ([\d,]+) \|", report, re.MULTILINE)
+    }
+    assert set(rows) == {"a", "b", "c"}
+    assert rows["a"] == "400"
+    first = re.search(r"^\| \(a\) first sync, all new \| 400 \|(.*)$", report, re.MULTILINE)
+    assert first is not None
+    assert "| 400 / 0 / 0 |" in first.group(0)
+    assert "(1) HTTP ceiling" in report
+    assert "(2) DB ceiling: executemany upsert" in report
+    assert "## Targets" in report
+    if database == "sqlite":
+        assert "Scaling on SQLite" in report
+        assert "Latency-bound" in report
+        assert re.search(r"peak RSS at N = 600 <= 150 MB \| \d+ MB \| (met|\*\*missed\*\*)", report)
