@@ -176,6 +176,8 @@ def child_sync(spec: dict[str, Any]) -> dict[str, Any]:
     from etl.store.engine import make_engine
     from etl.sync import Sync
 
+    if "switch" in spec:
+        sys.setswitchinterval(spec["switch"])
     settings = settings_for(spec)
     engine = make_engine(settings.database_url, pool_size=settings.concurrency)
     statements = itertools.count()

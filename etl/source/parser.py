@@ -21,6 +21,11 @@ MAX_CHANNELS = 32
 MAX_AMOUNT = 10**18
 MIN_EXPONENT, MAX_EXPONENT = -12, 2
 MAX_PRICE = Decimal(10**12)
+# exponent -> the smallest amount whose price is MAX_PRICE or more
+_PRICE_LIMITS = {
+    e: -(-(10**12) // 10**e) if e >= 0 else 10 ** (12 - e)
+    for e in range(MIN_EXPONENT, MAX_EXPONENT + 1)
+}
 
 E164_RE = re.compile(r"\+[1-9][0-9]{7,14}")
 COUNTRY_RE = re.compile(r"[A-Z]{2}")
@@ -137,6 +142,12 @@ def _capabilities(item: dict[str, Any], problems: _Problems) -> tuple[tuple[str,
         if not isinstance(directions, dict):
             problems.add(f"capabilities.{channel}", directions, "is not {inbound, outbound}")
             continue
+        inbound = directions.get("inbound", _MISSING)
+        outbound = directions.get("outbound", _MISSING)
+        if (inbound is True or inbound is False) and (outbound is True or outbound is False):
+            flags.append((names[0], inbound))  # the usual case, in one test
+            flags.append((names[1], outbound))
+            continue
         for direction, name in zip(DIRECTIONS, names, strict=True):
             flag = directions.get(direction, _MISSING)
             if flag is True or flag is False:
@@ -174,11 +185,10 @@ def _price(item: dict[str, Any], problems: _Problems) -> Price | None:
         )
     if len(problems) > before:
         return None
-    price = Price(currency=currency, amount=amount, exponent=exponent)
-    if price.value >= MAX_PRICE:
+    if amount >= _PRICE_LIMITS[exponent]:  # amount x 10**exponent >= 10**12, in integers
         problems.add("monthlyPrice", value, "is 10**12 or more")
         return None
-    return price
+    return Price(currency=currency, amount=amount, exponent=exponent)
 
 
 def _back_order(item: dict[str, Any], problems: _Problems) -> tuple[bool, str | None]:
