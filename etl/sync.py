@@ -24,7 +24,7 @@ from etl.errors import (
 )
 from etl.records import Page, Rejection, Scope
 from etl.store import runs
-from etl.store.engine import begin_write, make_engine
+from etl.store.engine import begin_write, make_engine, write_transaction
 from etl.store.lock import DatabaseLock
 from etl.store.migrate import check_schema
 from etl.store.writer import PageCounts, apply_page, close_scope
@@ -112,11 +112,17 @@ def _is_transient(exc: DBAPIError) -> bool:
     return exc.connection_invalidated or code in ("40001", "40P01", 1213, 1205)
 
 
-def in_transaction(engine: Engine, work: Callable[[Connection], T], attempts: int = 4) -> T:
-    """Run ``work`` in one transaction, retried on a deadlock or a dropped connection."""
+def in_transaction(
+    bind: Engine | Connection, work: Callable[[Connection], T], attempts: int = 4
+) -> T:
+    """Run ``work`` in one transaction, retried on a deadlock or a dropped connection (a
+    Connection that lost its database connection gets a new one on its next use)."""
     for attempt in range(1, attempts + 1):
         try:
-            with begin_write(engine) as conn:
+            if isinstance(bind, Connection):
+                with write_transaction(bind) as conn:
+                    return work(conn)
+            with begin_write(bind) as conn:
                 return work(conn)
         except DBAPIError as exc:
             if attempt == attempts or not _is_transient(exc):
@@ -267,54 +273,11 @@ class Sync:
 
     def _sync_scope(self, run_id: int, scope: Scope, row_id: int) -> ScopeResult:
         result = ScopeResult(scope)
-        unreadable = 0
-        last_fetch: datetime | None = None
         try:
             if self.stop.is_set():
                 raise Interrupted("stopped before the scope started")
-            assert self._page_source is not None
-            for page in self._page_source(scope):
-                page = _confine(page, scope)
-                counts = in_transaction(
-                    self.engine,
-                    lambda conn, p=page: apply_page(  # type: ignore[misc]
-                        conn, run_id=run_id, scope_row_id=row_id, page=p
-                    ),
-                )
-                result.add(counts)
-                unreadable += counts.unreadable
-                last_fetch = page.fetched_at
-                if self.on_page is not None:
-                    self.on_page(scope, page, counts)
-                if self.stop.is_set() and page.next_page_token is not None:
-                    raise Interrupted("stopped after the page in flight")
-            completed_at = last_fetch or utcnow()
-            closed = in_transaction(
-                self.engine,
-                lambda conn: close_scope(
-                    conn,
-                    run_id=run_id,
-                    scope_row_id=row_id,
-                    scope=scope,
-                    completed_at=completed_at,
-                    confirmations=self.settings.removal_confirmations,
-                    max_fraction=self.settings.max_removal_fraction,
-                    accepted=scope.country_code in self.accept,
-                    removals_allowed=unreadable == 0,
-                ),
-            )
-            result.status, result.removed, result.available = (
-                closed.status,
-                closed.removed,
-                closed.available,
-            )
-            result.error = closed.reason
-            if unreadable:
-                result.error = (
-                    f"{unreadable} rejected item(s) had no readable number, so nothing was "
-                    "removed in this scope this run"
-                )
-            return result
+            with self.engine.connect() as conn:
+                return self._page_and_close(run_id, scope, row_id, conn, result)
         except Interrupted:
             result.status, result.error = "aborted", "stopped by a signal; nothing removed"
         except AuthError as exc:
@@ -333,6 +296,56 @@ class Sync:
             )
         except SQLAlchemyError:
             log.exception("could not record the end of scope %s", scope.key)
+        return result
+
+    def _page_and_close(
+        self, run_id: int, scope: Scope, row_id: int, conn: Connection, result: ScopeResult
+    ) -> ScopeResult:
+        """Every page of ``scope`` in its own transaction on ``conn``, then the close."""
+        unreadable = 0
+        last_fetch: datetime | None = None
+        assert self._page_source is not None
+        for page in self._page_source(scope):
+            page = _confine(page, scope)
+            counts = in_transaction(
+                conn,
+                lambda c, p=page: apply_page(  # type: ignore[misc]
+                    c, run_id=run_id, scope_row_id=row_id, page=p
+                ),
+            )
+            result.add(counts)
+            unreadable += counts.unreadable
+            last_fetch = page.fetched_at
+            if self.on_page is not None:
+                self.on_page(scope, page, counts)
+            if self.stop.is_set() and page.next_page_token is not None:
+                raise Interrupted("stopped after the page in flight")
+        completed_at = last_fetch or utcnow()
+        closed = in_transaction(
+            conn,
+            lambda c: close_scope(
+                c,
+                run_id=run_id,
+                scope_row_id=row_id,
+                scope=scope,
+                completed_at=completed_at,
+                confirmations=self.settings.removal_confirmations,
+                max_fraction=self.settings.max_removal_fraction,
+                accepted=scope.country_code in self.accept,
+                removals_allowed=unreadable == 0,
+            ),
+        )
+        result.status, result.removed, result.available = (
+            closed.status,
+            closed.removed,
+            closed.available,
+        )
+        result.error = closed.reason
+        if unreadable:
+            result.error = (
+                f"{unreadable} rejected item(s) had no readable number, so nothing was "
+                "removed in this scope this run"
+            )
         return result
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +38,15 @@ _SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.Wea
 def begin_write(engine: Engine) -> Iterator[Connection]:
     """``engine.begin()`` for a transaction that writes; on a SQLite engine made here, the
     process's writers take turns (other processes still wait on ``busy_timeout``)."""
-    lock = _SQLITE_WRITERS.get(engine)
-    if lock is None:
-        with engine.begin() as conn:
-            yield conn
-        return
-    with lock, engine.begin() as conn:
+    with engine.connect() as conn, write_transaction(conn):
+        yield conn
+
+
+@contextmanager
+def write_transaction(conn: Connection) -> Iterator[Connection]:
+    """``conn.begin()`` for a transaction that writes, on a connection the caller keeps (a
+    sync holds one per country rather than checking one out of the pool for every page)."""
+    with _SQLITE_WRITERS.get(conn.engine) or nullcontext(), conn.begin():
         yield conn
 
 
