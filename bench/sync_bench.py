@@ -154,6 +154,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def settings_for(spec: dict[str, Any]) -> Any:
     from etl.config import load_settings
 
@@ -186,9 +191,10 @@ def child_sync(spec: dict[str, Any]) -> dict[str, Any]:
     def _count(*_args: Any) -> None:
         next(statements)
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     result = Sync(settings, engine=engine).run()
     seconds = time.perf_counter() - started
+    cpu = cpu_seconds() - cpu
     engine.dispose()
     pages = result.total("pages")
     return {
@@ -199,18 +205,16 @@ def child_sync(spec: dict[str, Any]) -> dict[str, Any]:
         "removed": result.total("removed"),
         "price_changes": result.total("price_changes"),
         "statements": next(statements),
+        "cpu": cpu,
         "status": result.status,
         "exit_code": result.exit_code,
         "rss_mb": peak_rss_mb(),
     }
 
 
-def fetch_all(spec: dict[str, Any], on_page: Callable[[Any], None]) -> tuple[int, int]:
-    """Every page of every country with the project's client, ``concurrency`` countries at a
-    time; returns (pages, items)."""
-    from etl.records import Scope
+def make_client(spec: dict[str, Any]) -> tuple[Any, Any]:
+    """Settings and a BirdClient for ``spec`` (made before any timing starts)."""
     from etl.source.client import BirdClient
-    from etl.source.paginator import iter_pages
     from etl.source.ratelimit import RateLimiter
 
     settings = settings_for(spec)
@@ -220,6 +224,15 @@ def fetch_all(spec: dict[str, Any], on_page: Callable[[Any], None]) -> tuple[int
         settings.organization_id,
         rate_limiter=RateLimiter(settings.max_requests_per_second),
     )
+    return settings, client
+
+
+def fetch_all(settings: Any, client: Any, on_page: Callable[[Any], None]) -> tuple[int, int]:
+    """Every page of every country with the project's client, ``concurrency`` countries at a
+    time; returns (pages, items)."""
+    from etl.records import Scope
+    from etl.source.paginator import iter_pages
+
     totals = [0, 0]
     lock = threading.Lock()
 
@@ -232,20 +245,17 @@ def fetch_all(spec: dict[str, Any], on_page: Callable[[Any], None]) -> tuple[int
 
     with ThreadPoolExecutor(settings.concurrency) as pool:
         list(pool.map(run, settings.countries))
-    client.close()
     return totals[0], totals[1]
 
 
 def child_http(spec: dict[str, Any]) -> dict[str, Any]:
     """The HTTP ceiling: page everything, parse it (as the sync must), keep nothing."""
-    started = time.perf_counter()
-    pages, items = fetch_all(spec, lambda page: None)
-    return {
-        "seconds": time.perf_counter() - started,
-        "pages": pages,
-        "items": items,
-        "rss_mb": peak_rss_mb(),
-    }
+    settings, client = make_client(spec)
+    started, cpu = time.perf_counter(), cpu_seconds()
+    pages, items = fetch_all(settings, client, lambda page: None)
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+    client.close()
+    return {"seconds": seconds, "cpu": cpu, "pages": pages, "items": items, "rss_mb": peak_rss_mb()}
 
 
 def child_db(spec: dict[str, Any]) -> dict[str, Any]:
@@ -263,7 +273,9 @@ def child_db(spec: dict[str, Any]) -> dict[str, Any]:
             ]
         )
 
-    fetch_all(spec, keep)  # not timed
+    settings, client = make_client(spec)
+    fetch_all(settings, client, keep)  # not timed
+    client.close()
     columns = [*pages[0][0], "first_seen_at", "last_seen_at", "missed_runs"]
     updated = [c for c in columns if c not in ("number", "first_seen_at", "missed_runs")]
     sqlite = spec["db"].startswith("sqlite")
@@ -300,6 +312,7 @@ def child_db(spec: dict[str, Any]) -> dict[str, Any]:
                 conn.execute("COMMIT")
             else:
                 with conn.cursor() as cursor:
+                    cursor.execute("SET LOCAL synchronous_commit TO OFF")  # as the sync does
                     cursor.executemany(sql, page)
                 conn.commit()
         timings.append(time.perf_counter() - started)
@@ -547,6 +560,7 @@ def bench_database(
                 labels[name],
                 f"{r['items']:,}",
                 f"{r['seconds']:.2f}",
+                f"{r['cpu']:.2f}",
                 rate(r["items"], r["seconds"]),
                 f"{r['rss_mb']:.0f}",
                 f"{r['statements'] / r['pages']:.2f}",
@@ -560,6 +574,7 @@ def bench_database(
             "(1) HTTP ceiling: client only",
             f"{http['items']:,}",
             f"{http['seconds']:.2f}",
+            f"{http['cpu']:.2f}",
             rate(http["items"], http["seconds"]),
             f"{http['rss_mb']:.0f}",
             "-",
@@ -574,6 +589,7 @@ def bench_database(
                 f"(2) DB ceiling: executemany {label}",
                 f"{db['items']:,}",
                 f"{seconds:.2f}",
+                "-",
                 rate(db["items"], seconds),
                 "-",
                 "1 per page",
@@ -589,6 +605,7 @@ def bench_database(
                     f"dlt rest_api merge/scd2, {label} load",
                     f"{runs['unchanged']['items']:,}",
                     f"{dlt_result[seconds]:.2f}",
+                    "-",
                     rate(runs["unchanged"]["items"], dlt_result[seconds]),
                     f"{dlt_result['rss_mb']:.0f}",
                     "-",
@@ -604,6 +621,7 @@ def bench_database(
             "step",
             "numbers",
             "wall s",
+            "CPU s",
             "numbers/s",
             "peak RSS MB",
             "statements/page",
@@ -701,6 +719,54 @@ def bench_scaling(args: argparse.Namespace, dbs: Databases, report: Report) -> N
                 f"{peaks[biggest]:.0f} / {peaks[base]:.0f} MB = {growth:.2f} x",
                 growth <= 1.2,
             )
+
+
+def bench_sweep(args: argparse.Namespace, dbs: Databases, report: Report) -> None:
+    """Unchanged syncs at several concurrency values: with no latency to hide, threads only
+    share one core's worth of Python (the GIL), so more of them cost CPU rather than save
+    time."""
+    countries = ALL_COUNTRIES[: args.countries]
+    print(f"\n== concurrency sweep on sqlite: N={args.size:,}", flush=True)
+    sim = SimulatorProcess(args.size, countries)
+    rows = []
+    try:
+        spec = {
+            "url": sim.url,
+            "countries": countries,
+            "rate": NO_LIMIT,
+            "db": dbs.fresh("sqlite", "sweep"),
+        }
+        run_child("sync", {**spec, "concurrency": max(args.sweep)})
+        for concurrency in args.sweep:
+            http = run_child("http", {**spec, "concurrency": concurrency})
+            sync = run_child("sync", {**spec, "concurrency": concurrency})
+            rows.append(
+                [
+                    str(concurrency),
+                    f"{http['seconds']:.2f}",
+                    f"{http['cpu']:.2f}",
+                    f"{sync['seconds']:.2f}",
+                    f"{sync['cpu']:.2f}",
+                    rate(sync["items"], sync["seconds"]),
+                    f"{sync['seconds'] / http['seconds']:.2f}",
+                ]
+            )
+            print(f"   concurrency {concurrency}: {sync['seconds']:.1f} s", flush=True)
+    finally:
+        sim.close()
+    report.table(
+        f"Concurrency sweep on SQLite: N = {args.size:,}, nothing changed, no latency",
+        [
+            "concurrency",
+            "HTTP ceiling wall s",
+            "HTTP ceiling CPU s",
+            "sync wall s",
+            "sync CPU s",
+            "sync numbers/s",
+            "sync / HTTP ceiling",
+        ],
+        rows,
+    )
 
 
 def max_in_window(times: Sequence[float], window: float = 1.0) -> int:
@@ -837,7 +903,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=200_000, help="N (default 200000)")
     parser.add_argument("--countries", type=int, default=10, help="C (default 10, max 12)")
-    parser.add_argument("--concurrency", type=int, default=4, help="countries in parallel")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=2,
+        help="countries in parallel in the runs without latency (default 2: see --sweep)",
+    )
+    parser.add_argument(
+        "--sweep",
+        type=sizes,
+        default=sizes("1,2,4,8"),
+        help="concurrency values for an unchanged-sync sweep on SQLite ('' for none)",
+    )
     parser.add_argument("--change-percent", type=float, default=1.0)
     parser.add_argument(
         "--databases", default="sqlite,postgresql", help="comma-separated: sqlite,postgresql"
@@ -893,6 +970,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for kind in args.databases:
                 if kind == "sqlite" or postgres:
                     bench_database(kind, args, dbs, report)
+            if args.sweep and "sqlite" in args.databases:
+                bench_sweep(args, dbs, report)
             if args.scaling:
                 bench_scaling(args, dbs, report)
             if args.latency_size:
