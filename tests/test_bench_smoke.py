@@ -53,3 +53,26 @@ def test_sync_bench_runs_end_to_end(database: str, tmp_path: Path) -> None:
         assert "Scaling on SQLite" in report
         assert "Latency-bound" in report
         assert re.search(r"peak RSS at N = 600 <= 150 MB \| \d+ MB \| (met|\*\*missed\*\*)", report)
+
+
+def test_readme_bench_command_lines_parse() -> None:
+    """The benchmark command lines the README shows are accepted by the benchmark."""
+    import importlib.util
+    import shlex
+
+    spec = importlib.util.spec_from_file_location("sync_bench", BENCH)
+    assert spec is not None
+    assert spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    readme = (BENCH.parent.parent / "README.md").read_text()
+    lines = [
+        shlex.split(line, comments=True)
+        for line in readme.splitlines()
+        if line.startswith(".venv/bin/python bench/sync_bench.py")
+    ]
+    assert lines, "the README shows no benchmark command"
+    for words in lines:
+        args = bench.parse_args(words[2:])
+        assert args.size > 0
+        assert set(args.databases) <= {"sqlite", "postgresql"}
