@@ -528,7 +528,7 @@ def bench_database(
         spec = {
             "url": sim.url,
             "countries": countries,
-            "concurrency": args.concurrency,
+            "concurrency": args.concurrency[kind],
             "rate": NO_LIMIT,
         }
         sync_db = dbs.fresh(kind, "sync")
@@ -647,7 +647,7 @@ def bench_database(
             )
     report.table(
         f"{kind}: N = {args.size:,} over {len(countries)} countries, concurrency "
-        f"{args.concurrency}, no latency",
+        f"{args.concurrency[kind]}, no latency",
         [
             "step",
             "numbers",
@@ -698,7 +698,7 @@ def bench_scaling(args: argparse.Namespace, dbs: Databases, report: Report) -> N
             spec = {
                 "url": sim.url,
                 "countries": countries,
-                "concurrency": args.concurrency,
+                "concurrency": args.concurrency["sqlite"],
                 "rate": NO_LIMIT,
                 "db": dbs.fresh("sqlite", f"scale_{size}"),
             }
@@ -722,7 +722,7 @@ def bench_scaling(args: argparse.Namespace, dbs: Databases, report: Report) -> N
         )
         print(f"   first {first['seconds']:.1f} s, steady {steady['seconds']:.1f} s", flush=True)
     report.table(
-        f"Scaling on SQLite ({len(countries)} countries, concurrency {args.concurrency})",
+        f"Scaling on SQLite ({len(countries)} countries, concurrency {args.concurrency['sqlite']})",
         [
             "N",
             "first wall s",
@@ -926,6 +926,16 @@ def write_report(report: Report, dbs: Databases, postgres: bool, seconds: float)
     print(f"\nwrote {args.output}")
 
 
+def per_database(text: str) -> dict[str, int]:
+    """``sqlite=1,postgresql=4``, or one number for both."""
+    if "=" not in text:
+        return dict.fromkeys(("sqlite", "postgresql"), int(text))
+    pairs = dict(item.split("=", 1) for item in text.split(",") if item.strip())
+    out = {"sqlite": 1, "postgresql": 4}
+    out.update({k.strip(): int(v) for k, v in pairs.items()})
+    return out
+
+
 def sizes(text: str) -> list[int]:
     return [int(s.replace("_", "")) for s in text.split(",") if s.strip()]
 
@@ -936,9 +946,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--countries", type=int, default=10, help="C (default 10, max 12)")
     parser.add_argument(
         "--concurrency",
-        type=int,
-        default=1,
-        help="countries in parallel in the runs without latency (default 1: see --sweep)",
+        type=per_database,
+        default=per_database("sqlite=1,postgresql=4"),
+        help="countries in parallel in the runs without latency, per database (default "
+        "sqlite=1,postgresql=4: SQLite runs inside the sync's process, where threads only "
+        "share one core; PostgreSQL runs beside it, where threads hide its round trips)",
     )
     parser.add_argument(
         "--sweep",
@@ -1007,6 +1019,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for kind in args.databases:
                 if kind == "sqlite" or postgres:
                     bench_database(kind, args, dbs, report)
+                if kind == "postgresql" and postgres:
+                    dbs.drop_all()  # leave no vacuum work behind for the next sections
+                    dbs.created.clear()
             if args.sweep and "sqlite" in args.databases:
                 bench_sweep(args, dbs, report)
             if args.scaling:
