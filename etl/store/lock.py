@@ -64,33 +64,21 @@ class DatabaseLock:
         """Take the lock or raise LockHeld naming the holder and when its lock expires."""
         now = self.clock()
         c = sync_lock.c
+        take = update(sync_lock).values(
+            holder=self.holder,
+            run_id=None,
+            acquired_at=now,
+            expires_at=now + timedelta(seconds=self.ttl),
+        )
         with begin_write(self.engine) as conn:
-            taken = conn.execute(
-                update(sync_lock)
-                .where(c.name == LOCK_NAME, or_(c.holder.is_(None), c.expires_at < now))
-                .values(
-                    holder=self.holder,
-                    run_id=None,
-                    acquired_at=now,
-                    expires_at=now + timedelta(seconds=self.ttl),
-                )
-            ).rowcount
-            if taken == 1:
+            free = or_(c.holder.is_(None), c.expires_at < now)
+            if conn.execute(take.where(c.name == LOCK_NAME, free)).rowcount == 1:
                 return
             row = conn.execute(select(sync_lock).where(c.name == LOCK_NAME)).one()
             if row.holder and _died_here(row.holder):
                 # Killed on this very host: no need to wait for its lock to expire.
-                taken = conn.execute(
-                    update(sync_lock)
-                    .where(c.name == LOCK_NAME, c.holder == row.holder)
-                    .values(
-                        holder=self.holder,
-                        run_id=None,
-                        acquired_at=now,
-                        expires_at=now + timedelta(seconds=self.ttl),
-                    )
-                ).rowcount
-                if taken == 1:
+                taken = conn.execute(take.where(c.name == LOCK_NAME, c.holder == row.holder))
+                if taken.rowcount == 1:
                     log.warning("took over the sync lock of %s, which died", row.holder)
                     return
         raise LockHeld(
