@@ -74,9 +74,10 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     elif backend == "postgresql":
         # psycopg prepares a statement on the server after 5 runs, and PostgreSQL then keeps
         # a generic plan chosen while `numbers` was still small: a sequential scan that made
-        # a first sync of 200,000 numbers quadratic (8 minutes instead of 20 seconds, see
+        # a first sync of 200,000 numbers quadratic (8 minutes instead of under one, see
         # bench/RESULTS.md). Custom plans are made for each run's actual parameters.
-        kwargs["connect_args"] = {"options": "-c timezone=UTC -c plan_cache_mode=force_custom_plan"}
+        options = "-c timezone=UTC -c plan_cache_mode=force_custom_plan"
+        kwargs["connect_args"] = {"options": options}
     return create_engine(url, **kwargs)
 
 
