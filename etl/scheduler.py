@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -55,7 +56,7 @@ class SyncScheduler:
         self.metrics_file = metrics_file
         self.trigger, self.grace = make_trigger(settings.schedule)
         self.scheduler = BlockingScheduler(timezone=UTC)
-        self.outcomes: list[str] = []
+        self.outcomes: deque[str] = deque(maxlen=100)  # the latest runs' outcomes, bounded
         self._closing = threading.Event()
         # Re-entrant: a signal handler calls close() on the main thread, which may hold it.
         self._lock = threading.RLock()

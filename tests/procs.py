@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -92,6 +93,19 @@ def running_with_pages(url: str) -> bool:
         return bool(pages)
     finally:
         engine.dispose()
+
+
+def signal_after_first_page(
+    proc: subprocess.Popen[str], url: str, sig: signal.Signals
+) -> tuple[str, str]:
+    """Wait until ``proc``'s run has committed a page, send it ``sig``, and return its
+    stdout and stderr once it has ended (it is killed if the test fails first)."""
+    try:
+        wait_for(lambda: running_with_pages(url), "the run to commit a page")
+        proc.send_signal(sig)
+        return proc.communicate(timeout=DEADLINE)
+    finally:
+        stop(proc)
 
 
 class Output:

@@ -24,11 +24,10 @@ from tests.procs import (
     etl_process,
     invoke,
     run_etl,
-    running_with_pages,
     runs_of,
+    signal_after_first_page,
     sqlite_url,
     stop,
-    wait_for,
 )
 
 __all__ = ["sqlite_url"]  # a fixture
@@ -154,12 +153,7 @@ def test_sigterm_stops_sync_after_the_page_with_143_aborted_and_nothing_removed(
         stock.remove(number)
     slow(simulator)
     proc = etl_process(["sync"], sim_env(simulator, db_url, page_size=10), tmp_path)
-    try:
-        wait_for(lambda: running_with_pages(db_url), "the sync to commit a page")
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=90)
-    finally:
-        stop(proc)
+    out, err = signal_after_first_page(proc, db_url, signal.SIGTERM)
     assert proc.returncode == 143, err
     assert "SIGTERM: stopping after the page in flight" in err
     assert " aborted in " in out
@@ -180,12 +174,7 @@ def test_a_killed_sync_is_marked_abandoned_by_the_next_one_which_repairs(
 ) -> None:
     slow(simulator)
     proc = etl_process(["sync"], sim_env(simulator, db_url, page_size=10), tmp_path)
-    try:
-        wait_for(lambda: running_with_pages(db_url), "the sync to commit a page")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=90)  # reaped: its pid no longer exists
-    finally:
-        stop(proc)
+    signal_after_first_page(proc, db_url, signal.SIGKILL)  # reaped: its pid no longer exists
     (killed,) = runs_of(db_url)
     assert killed.status == "running"
     simulator.faults.set_latency(0)

@@ -22,7 +22,14 @@ from etl.scheduler import SyncScheduler, make_trigger
 from etl.simulator import Simulator
 from etl.store.lock import DatabaseLock
 from tests.conftest import make_settings, sim_env
-from tests.procs import Output, etl_process, running_with_pages, runs_of, stop, wait_for
+from tests.procs import (
+    Output,
+    etl_process,
+    runs_of,
+    signal_after_first_page,
+    stop,
+    wait_for,
+)
 
 
 def test_interval_trigger_and_grace() -> None:
@@ -88,7 +95,7 @@ def test_close_ends_run_forever_after_the_run_in_flight(
     closer.start()
     scheduler.run_forever(run_now=True)  # returns once closed
     closer.join()
-    assert scheduler.outcomes == ["succeeded"]
+    assert list(scheduler.outcomes) == ["succeeded"]
     assert not scheduler.scheduler.running
     families = {f.name for f in text_string_to_metric_families(metrics_file.read_text())}
     assert "numbers_etl_last_run_status" in families
@@ -132,12 +139,7 @@ def test_sigterm_mid_run_aborts_it_and_exits_0(
     simulator.faults.set_latency(0.2)
     env = sim_env(simulator, db_url, page_size=10, schedule="1d")
     proc = etl_process(["schedule", "--run-now"], env, tmp_path)
-    try:
-        wait_for(lambda: running_with_pages(db_url), "the first run to commit a page")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=90)
-    finally:
-        stop(proc)
+    _, err = signal_after_first_page(proc, db_url, signal.SIGTERM)
     assert proc.returncode == 0, err
     assert "SIGTERM: no new runs; the run in flight stops after its page; then exiting" in err
     (run,) = runs_of(db_url)
