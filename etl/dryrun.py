@@ -162,7 +162,7 @@ def _scope(
                     report.note("listed", f"{item.number} {item.price.value} {item.price.currency}")
                 continue
             with engine.connect() as conn:
-                changes, _ = page_changes(conn, page)
+                changes = page_changes(conn, page)
             for item in changes.new:
                 report.note("listed", f"{item.number} {item.price.value} {item.price.currency}")
             for event in changes.events:

@@ -4,6 +4,7 @@ No I/O here: ``writer.py`` reads the rows these functions need and writes what t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,16 +33,32 @@ def attribute_values(item: StockItem) -> dict[str, Any]:
 
 def attribute_tuple(item: StockItem) -> tuple[Any, ...]:
     """The tracked column values of an item, in ``TRACKED_FIELDS`` order."""
-    caps = dict(item.capabilities)
-    other = sorted(name for name, on in caps.items() if on and name not in CAPABILITY_COLUMNS)
     return (
         item.stock_item_id,
         item.country_code,
         item.number_type,
-        *(bool(caps.get(column, False)) for column in CAPABILITY_COLUMNS),
-        ",".join(other) or None,
+        *capability_values(item.capabilities),
         item.back_order_required,
         item.back_order_stock_id,
+    )
+
+
+def state_tuple(item: StockItem) -> tuple[Any, ...]:
+    """What the database holds of an item: its tracked values, then currency, amount and
+    exponent (``StoredNumber.COLUMNS`` without id, number and removed_at)."""
+    price = item.price
+    return (*attribute_tuple(item), price.currency, price.amount, price.exponent)
+
+
+@functools.lru_cache(maxsize=1024)
+def capability_values(capabilities: tuple[tuple[str, bool], ...]) -> tuple[Any, ...]:
+    """The capability columns of ``capabilities``, then ``other_capabilities``. A listing
+    has a handful of distinct capability sets, so this is almost always a cache hit."""
+    caps = dict(capabilities)
+    other = sorted(name for name, on in caps.items() if on and name not in CAPABILITY_COLUMNS)
+    return (
+        *(bool(caps.get(column, False)) for column in CAPABILITY_COLUMNS),
+        ",".join(other) or None,
     )
 
 
@@ -175,6 +192,30 @@ def diff_page(
         if stored is not None and number not in valid:
             changes.seen_ids.append(stored.id)
     changes.seen_ids = sorted(set(changes.seen_ids))
+    return changes
+
+
+def diff_rows(
+    rows: Mapping[str, Sequence[Any]],
+    items: Sequence[StockItem],
+    rejected_numbers: Iterable[str] = (),
+) -> PageChanges:
+    """``diff_page`` on the database rows of the page's numbers (``StoredNumber.COLUMNS``
+    order). Most numbers of a page are unchanged: one tuple comparison tells, and only the
+    others become StoredNumbers and go through ``diff_page``."""
+    unchanged: list[int] = []
+    rest: list[StockItem] = []
+    for item in items:
+        row = rows.get(item.number)
+        if row is not None and row[-1] is None and row[2:-1] == state_tuple(item):
+            unchanged.append(row[0])
+        else:
+            rest.append(item)
+    wanted = {*(item.number for item in rest), *rejected_numbers}
+    existing = {n: StoredNumber.from_tuple(rows[n]) for n in wanted if n in rows}
+    changes = diff_page(existing, rest, rejected_numbers)
+    if unchanged:
+        changes.seen_ids = sorted({*changes.seen_ids, *unchanged})
     return changes
 
 

@@ -34,7 +34,7 @@ from etl.store.diff import (
     StoredNumber,
     attribute_values,
     dedupe,
-    diff_page,
+    diff_rows,
     price_values,
     removal_guard,
 )
@@ -108,20 +108,20 @@ class PageCounts:
     unreadable: int
 
 
-def read_stored(conn: Connection, numbers_on_page: Sequence[str]) -> dict[str, StoredNumber]:
-    """The stored state of the given numbers, in one query."""
+def read_stored(conn: Connection, numbers_on_page: Sequence[str]) -> dict[str, Sequence[Any]]:
+    """The stored rows (``StoredNumber.COLUMNS``) of the given numbers, in one query."""
     if not numbers_on_page:
         return {}
     rows = conn.execute(_READ, {"page_numbers": list(numbers_on_page)})
-    return {row[1]: StoredNumber.from_tuple(row) for row in rows}
+    return {row[1]: row for row in rows}
 
 
-def page_changes(conn: Connection, page: Page) -> tuple[PageChanges, dict[str, StoredNumber]]:
+def page_changes(conn: Connection, page: Page) -> PageChanges:
     """Read what the page needs and compute its changes (no writes)."""
     items = dedupe(page.items)
     rejected = [r.number for r in page.rejections if r.number]
-    existing = read_stored(conn, list({*(i.number for i in items), *rejected}))
-    return diff_page(existing, items, rejected), existing
+    rows = read_stored(conn, list({*(i.number for i in items), *rejected}))
+    return diff_rows(rows, items, rejected)
 
 
 def apply_page(conn: Connection, *, run_id: int, scope_row_id: int, page: Page) -> PageCounts:
@@ -131,7 +131,7 @@ def apply_page(conn: Connection, *, run_id: int, scope_row_id: int, page: Page) 
         # synchronously, which flushes every page before it, so a server crash can only lose
         # the pages of a scope that then never closed: like a run killed mid-scope.
         conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-    changes, _ = page_changes(conn, page)
+    changes = page_changes(conn, page)
     at = page.fetched_at
     ids = _insert_new(conn, changes, run_id, at)
     if changes.seen_ids:
