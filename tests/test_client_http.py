@@ -249,6 +249,16 @@ def test_another_4xx_is_fatal(client: BirdClient, simulator: Simulator) -> None:
     assert len(simulator.requests) == 1
 
 
+def test_a_redirect_is_not_followed(client: BirdClient, simulator: Simulator) -> None:
+    simulator.faults.add("status", status=301)
+    with pytest.raises(FatalSourceError) as raised:
+        client.fetch(QUERY)
+    assert "301 Moved Permanently" in str(raised.value)
+    assert "does not follow redirects" in str(raised.value)
+    assert "NUMBERS_ETL_API_URL" in str(raised.value)
+    assert len(simulator.requests) == 1
+
+
 def test_the_access_key_never_shows(
     make_client: Callable[..., BirdClient],
     simulator: Simulator,

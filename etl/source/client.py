@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -147,25 +147,29 @@ class BirdClient:
         self.stop = stop
         self._sleep = sleep
         self._key = access_key
-        self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
-        self._session.mount("https://", adapter)
-        self._session.mount("http://", adapter)
-        self._session.auth = _AccessKeyAuth(access_key)
-        # With trust_env, requests reads the proxy and CA-bundle variables again for every
-        # request (a measurable share of a page's cost); read them once, here, instead.
-        self._session.proxies.update(requests.utils.get_environ_proxies(self.url))
+        # Every page is a GET of the same URL with another query, so the request is built
+        # here once and each page goes straight to the connection-pooling adapter: the
+        # Session's per-request merging of settings, cookies, hooks and redirects cost
+        # about a fifth of a page's CPU (bench/RESULTS.md). No redirect is followed: a
+        # 3xx is an error that names the new address (the access key never goes along).
+        self._adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
+        self._auth = _AccessKeyAuth(access_key)
+        self._headers = {
+            "Accept": "application/json",
+            "Accept-Encoding": "gzip, deflate",
+            "Connection": "keep-alive",
+            "User-Agent": user_agent,
+        }
+        # The proxy and CA-bundle variables, read once as requests would read them.
+        self._proxies = requests.utils.get_environ_proxies(self.url)
         bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-        if bundle:
-            self._session.verify = bundle
-        self._session.trust_env = False
-        self._session.headers.update({"Accept": "application/json", "User-Agent": user_agent})
+        self._verify: bool | str = bundle or True
 
     def __repr__(self) -> str:
         return f"BirdClient({self.url!r})"
 
     def close(self) -> None:
-        self._session.close()
+        self._adapter.close()
 
     def __enter__(self) -> BirdClient:
         return self
@@ -231,7 +235,13 @@ class BirdClient:
             raise Interrupted(f"stopped before GET {self.path}")
         self.stats.count_request()
         try:
-            response = self._session.get(self.url, params=dict(params), timeout=self.timeout)
+            response = self._adapter.send(
+                self._request(params),
+                timeout=self.timeout,
+                verify=self._verify,
+                proxies=self._proxies,
+            )
+            response.content  # noqa: B018 -- read the body here, where its errors are retried
         except (
             requests.ConnectionError,
             requests.Timeout,
@@ -250,11 +260,26 @@ class BirdClient:
         with response:
             return self._classify(response), fetched_at
 
+    def _request(self, params: Mapping[str, Any]) -> requests.PreparedRequest:
+        request = requests.PreparedRequest()
+        request.method = "GET"
+        request.url = f"{self.url}?{urlencode(params, doseq=True)}"
+        request.headers = requests.structures.CaseInsensitiveDict(self._headers)
+        request.body = None
+        return self._auth(request)
+
     def _classify(self, response: requests.Response) -> Any:
         status = response.status_code
         if 200 <= status < 300:
             return self._json(response)
         detail = self._describe(response)
+        if 300 <= status < 400:
+            location = response.headers.get("Location")
+            raise FatalSourceError(
+                f"{detail}; numbers-etl does not follow redirects (the access key would go "
+                f"along): set api_url (NUMBERS_ETL_API_URL) to the API's address"
+                + (f", which the response gives as {self._redact(location)!r}" if location else "")
+            )
         if status == 429:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             raise _Failure(str(status), detail, retry_after)
