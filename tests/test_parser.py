@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from etl.records import Price, Rejection, StockItem
-from etl.source.parser import parse_item, parse_results
+from etl.source.parser import _fast, _parse, parse_item, parse_results
 
 
 def bird_item(**changes: Any) -> dict[str, Any]:
@@ -254,3 +255,79 @@ def test_parse_never_raises_on_a_partly_broken_item(changes: dict[str, Any]) -> 
     if isinstance(result, Rejection):
         assert result.reason
         assert result.payload is raw
+
+
+def directions() -> st.SearchStrategy[Any]:
+    flag = st.sampled_from([True, False, 1, 0, None, "true"])
+    return st.fixed_dictionaries({}, optional={"inbound": flag, "outbound": flag}) | st.none()
+
+
+PRICE_EDGES: dict[str, list[Any]] = {
+    "currencyCode": ["EUR", "eur", "XXX", "EU", "USD", 978],
+    "amount": [0, 1, -1, 10**12 - 1, 10**12, 10**18 - 1, 10**18, 10**30, True, 1.5, "1"],
+    "exponent": [-12, -13, 2, 3, 0, -6, -9, False, 0.0],
+}
+
+
+def price_edges() -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries(
+        {},
+        optional={name: st.sampled_from(values) for name, values in PRICE_EDGES.items()},
+    )
+
+
+# Each field of an item, from values at and around the edges of what is valid.
+ITEM_EDGES: dict[str, st.SearchStrategy[Any]] = {
+    "numberString": st.sampled_from(
+        [
+            *("+31612345678", "31612345678", "+0123456789", "+1234567", "+123456789012345"),
+            *("+1234567890123456", " +31612345678", "+3161234567\n"),
+        ]
+    ),
+    "id": st.sampled_from(["x", " ", "", "a" * 64, "a" * 65, "a\x00b", "an id "]) | st.integers(),
+    "countryCode": st.sampled_from(["NL", "nl", "XX", "NLD", "", "US"]),
+    "type": st.sampled_from(
+        [
+            *("mobile", "Mobile ", " local", "toll-free", "TOLL_FREE", "a" * 32, "a" * 33),
+            *("", " ", "mob ile", "-x", "x\ty", " " * 40 + "x"),
+        ]
+    ),
+    "capabilities": st.dictionaries(
+        st.sampled_from(["voice", "sms", "mms", "whatsapp", "Voice", "x y", "", "a" * 33]),
+        directions(),
+        max_size=4,
+    )
+    | st.none(),
+    "monthlyPrice": price_edges() | st.none(),
+    "backOrderRequired": st.sampled_from([None, True, False, 0, 1, "false"]),
+    "backOrderStockId": st.sampled_from(
+        [None, "", " ", "abc", "a" * 256, "a" * 257, "a\nb", 5, False]
+    ),
+}
+edge_items = st.lists(st.sampled_from(sorted(ITEM_EDGES)), max_size=3, unique=True).flatmap(
+    lambda names: st.fixed_dictionaries({n: ITEM_EDGES[n] for n in names}).map(
+        lambda changes: bird_item(**changes)
+    )
+)
+
+
+def assert_fast_agrees(raw: dict[str, Any]) -> None:
+    full = _parse(raw)  # first: it learns the channel names the fast path looks up
+    assert _fast(raw) == (full if isinstance(full, StockItem) else None), raw
+
+
+def test_the_fast_path_agrees_on_every_price_edge() -> None:
+    for values in itertools.product(*PRICE_EDGES.values()):
+        assert_fast_agrees(bird_item(monthlyPrice=dict(zip(PRICE_EDGES, values, strict=True))))
+
+
+@settings(max_examples=500)
+@given(edge_items)
+def test_the_fast_path_and_the_full_check_agree(raw: dict[str, Any]) -> None:
+    assert_fast_agrees(raw)
+
+
+def test_the_fast_path_takes_a_usual_item() -> None:
+    raw = bird_item()
+    assert isinstance(_parse(raw), StockItem)
+    assert _fast(raw) == _parse(raw)

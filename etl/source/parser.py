@@ -230,10 +230,101 @@ def _parse(raw: Any) -> StockItem | Rejection:
     )
 
 
+@functools.lru_cache(maxsize=256)
+def _normal_type(value: str) -> str | None:
+    """A ``type`` value as stored (``Mobile `` -> ``mobile``), None when it is not one."""
+    if len(value) > MAX_TYPE or not PRINTABLE_RE.fullmatch(value):
+        return None
+    normal = value.strip().lower()
+    return normal if TYPE_RE.fullmatch(normal) else None
+
+
+def _fast(raw: Any) -> StockItem | None:
+    """The usual, valid item in one pass with no messages: the same StockItem ``_parse``
+    returns, or None for anything else (then ``_parse`` finds and names every problem).
+    About twice as fast as ``_parse``; tests check that the two never disagree."""
+    if type(raw) is not dict:
+        return None
+    get = raw.get
+    number = get("numberString")
+    if type(number) is not str or not E164_RE.fullmatch(number):
+        return None
+    stock_item_id = get("id")
+    if (
+        type(stock_item_id) is not str
+        or len(stock_item_id) > MAX_ID
+        or not stock_item_id.strip()
+        or not PRINTABLE_RE.fullmatch(stock_item_id)
+    ):
+        return None
+    country = get("countryCode")
+    if type(country) is not str or len(country) != 2 or not is_country(country):
+        return None
+    kind = get("type")
+    number_type = _normal_type(kind) if type(kind) is str else None
+    if number_type is None:
+        return None
+    capabilities = get("capabilities")
+    if type(capabilities) is not dict or len(capabilities) > MAX_CHANNELS:
+        return None
+    flags: list[tuple[str, bool]] = []
+    for channel, directions in capabilities.items():
+        names = _CHANNEL_COLUMNS.get(channel)
+        if names is None or type(directions) is not dict:
+            return None
+        inbound = directions.get("inbound")
+        outbound = directions.get("outbound")
+        if not (inbound is True or inbound is False) or not (outbound is True or outbound is False):
+            return None
+        flags.append((names[0], inbound))
+        flags.append((names[1], outbound))
+    flags.sort()
+    price = get("monthlyPrice")
+    if type(price) is not dict:
+        return None
+    currency = price.get("currencyCode")
+    amount = price.get("amount")
+    exponent = price.get("exponent")
+    if (
+        type(currency) is not str
+        or len(currency) != 3
+        or not is_currency(currency)
+        or type(amount) is not int
+        or type(exponent) is not int
+        or not MIN_EXPONENT <= exponent <= MAX_EXPONENT
+        or not 0 <= amount < MAX_AMOUNT
+        or amount >= _PRICE_LIMITS[exponent]
+    ):
+        return None
+    required = get("backOrderRequired")
+    if required is not None and required is not True and required is not False:
+        return None
+    stock_id = get("backOrderStockId")
+    if stock_id == "":
+        stock_id = None
+    elif stock_id is not None and (
+        type(stock_id) is not str
+        or len(stock_id) > MAX_STRING
+        or not stock_id.strip()
+        or not PRINTABLE_RE.fullmatch(stock_id)
+    ):
+        return None
+    return StockItem(  # positional: keywords cost a third more, for every item
+        number,
+        stock_item_id,
+        country,
+        number_type,
+        tuple(flags),
+        Price(currency, amount, exponent),
+        required is True,
+        stock_id,
+    )
+
+
 def parse_item(raw: Any) -> StockItem | Rejection:
     """A StockItem when ``raw`` is a valid Bird stock item, else a Rejection. Never raises."""
     try:
-        return _parse(raw)
+        return _fast(raw) or _parse(raw)
     except Exception as exc:  # a bug here must cost one item, not the page
         number = e164(raw.get("numberString")) if isinstance(raw, dict) else None
         return Rejection(
