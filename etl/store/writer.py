@@ -56,6 +56,7 @@ from etl.store.schema import (
 from etl.store.types import UTCDateTime
 
 MAX_PAYLOAD_CHARS = 16000
+FEW_NEW = 10  # new numbers on a page up to which their insert returns their ids
 _UPDATE_COLUMNS = (*TRACKED_FIELDS, "monthly_price", "currency", "price_amount", "price_exponent")
 
 
@@ -90,6 +91,7 @@ class _PageStatements:
     than running it."""
 
     read: Select[Any]
+    ids: Select[Any]
     seen: Update
 
 
@@ -99,6 +101,9 @@ def _statements(dialect: str) -> _PageStatements:
     return _PageStatements(
         read=select(*(numbers.c[name] for name in StoredNumber.COLUMNS)).where(
             in_list(numbers.c.number, "page_numbers", dialect)
+        ),
+        ids=select(numbers.c.number, numbers.c.id).where(
+            in_list(numbers.c.number, "new_numbers", dialect)
         ),
         seen=update(numbers)
         .where(in_list(numbers.c.id, "seen_ids", dialect))
@@ -134,9 +139,8 @@ _COUNT_PAGE = (
     .where(sync_scopes.c.id == bindparam("scope_row_id"))
     .values({name: sync_scopes.c[name] + bindparam(f"add_{name}") for name in _COUNTERS})
 )
-# The ids of new numbers come back from the insert itself (SQLite 3.35+, PostgreSQL,
-# MariaDB 10.5+ and SQLAlchemy's "insertmanyvalues": one statement for the page's rows).
-_INSERT_NUMBERS = insert(numbers).returning(numbers.c.number, numbers.c.id)
+_INSERT_NUMBERS = insert(numbers)
+_INSERT_RETURNING = insert(numbers).returning(numbers.c.number, numbers.c.id)
 _INSERT_EVENTS = insert(number_events)
 _INSERT_PRICE_CHANGES = insert(price_changes)
 
@@ -263,24 +267,30 @@ def _insert_new(
     """Insert the page's new numbers; return their ids by number."""
     if not changes.new:
         return {}
-    rows = conn.execute(
-        _INSERT_NUMBERS,
-        [
-            {
-                "number": item.number,
-                **attribute_values(item),
-                **price_values(item.price),
-                "first_seen_at": at,
-                "last_seen_at": at,
-                "removed_at": None,
-                "last_seen_run_id": run_id,
-                "missed_runs": 0,
-                "first_missed_at": None,
-            }
-            for item in changes.new
-        ],
-    )
-    return {row[0]: row[1] for row in rows}
+    rows = [
+        {
+            "number": item.number,
+            **attribute_values(item),
+            **price_values(item.price),
+            "first_seen_at": at,
+            "last_seen_at": at,
+            "removed_at": None,
+            "last_seen_run_id": run_id,
+            "missed_runs": 0,
+            "first_missed_at": None,
+        }
+        for item in changes.new
+    ]
+    dialect = conn.dialect.name
+    if dialect == "sqlite" or len(rows) <= FEW_NEW:
+        # The ids come back from the insert itself: one statement fewer.
+        return dict(conn.execute(_INSERT_RETURNING, rows).tuples().all())
+    # SQLAlchemy sends an INSERT ... RETURNING of many rows as one multi-row INSERT that it
+    # renders for each page; on PostgreSQL that made a first sync 50% slower than the
+    # driver's own executemany and a query (bench/RESULTS.md).
+    conn.execute(_INSERT_NUMBERS, rows)
+    ids = conn.execute(_statements(dialect).ids, {"new_numbers": [i.number for i in changes.new]})
+    return dict(ids.tuples().all())
 
 
 def _payload_text(rejection: Rejection) -> str:
