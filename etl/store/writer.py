@@ -284,13 +284,13 @@ def _insert_new(
     dialect = conn.dialect.name
     if dialect == "sqlite" or len(rows) <= FEW_NEW:
         # The ids come back from the insert itself: one statement fewer.
-        return dict(conn.execute(_INSERT_RETURNING, rows).tuples().all())
+        return dict(conn.execute(_INSERT_RETURNING, rows).all())
     # SQLAlchemy sends an INSERT ... RETURNING of many rows as one multi-row INSERT that it
     # renders for each page; on PostgreSQL that made a first sync 50% slower than the
     # driver's own executemany and a query (bench/RESULTS.md).
     conn.execute(_INSERT_NUMBERS, rows)
     ids = conn.execute(_statements(dialect).ids, {"new_numbers": [i.number for i in changes.new]})
-    return dict(ids.tuples().all())
+    return dict(ids.all())
 
 
 def _payload_text(rejection: Rejection) -> str:
