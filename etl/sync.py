@@ -24,7 +24,7 @@ from etl.errors import (
 )
 from etl.records import Page, Rejection, Scope
 from etl.store import runs
-from etl.store.engine import begin_write, make_engine, write_transaction
+from etl.store.engine import async_commits, begin_write, make_engine, write_transaction
 from etl.store.lock import DatabaseLock
 from etl.store.migrate import check_schema
 from etl.store.writer import PageCounts, apply_page, close_scope
@@ -276,7 +276,7 @@ class Sync:
         try:
             if self.stop.is_set():
                 raise Interrupted("stopped before the scope started")
-            with self.engine.connect() as conn:
+            with self.engine.connect() as conn, async_commits(conn):
                 return self._page_and_close(run_id, scope, row_id, conn, result)
         except Interrupted:
             result.status, result.error = "aborted", "stopped by a signal; nothing removed"

@@ -322,3 +322,34 @@ def test_timestamps_keep_microseconds(engine: Engine) -> None:
     assert stored == moment
     assert stored.tzinfo == UTC
     assert stored.microsecond == 123456
+
+
+@pytest.mark.parametrize("empty_db_url", ["postgresql"], indirect=True)
+def test_pages_commit_without_waiting_for_the_disk_and_closes_do(
+    simulator: Simulator, db_url: str
+) -> None:
+    """PostgreSQL: each scope's connection commits its pages with synchronous_commit off,
+    its close with it on, and goes back to the pool reset."""
+    from sqlalchemy import event, text
+
+    from etl.store.engine import make_engine
+
+    engine = make_engine(db_url, pool_size=1)
+    seen: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "synchronous_commit" in statement:
+            seen.append(statement)
+
+    settings = make_settings(simulator, db_url, countries="US,NL", concurrency=1)
+    result = Sync(settings, engine=engine).run()
+    assert result.status == "succeeded"
+    assert seen == [
+        "SET synchronous_commit TO OFF",
+        "SET LOCAL synchronous_commit TO ON",
+        "RESET synchronous_commit",
+    ] * 2
+    with engine.connect() as conn:  # the pool's one connection, as the scopes left it
+        assert conn.execute(text("SHOW synchronous_commit")).scalar_one() == "on"
+    engine.dispose()

@@ -175,11 +175,6 @@ def page_changes(conn: Connection, page: Page) -> PageChanges:
 
 def apply_page(conn: Connection, *, run_id: int, scope_row_id: int, page: Page) -> PageCounts:
     """Write one page: new numbers, seen numbers, changes, events, price changes, rejects."""
-    if conn.dialect.name == "postgresql":
-        # A page need not wait for its commit to reach the disk: the scope's close commits
-        # synchronously, which flushes every page before it, so a server crash can only lose
-        # the pages of a scope that then never closed: like a run killed mid-scope.
-        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
     changes = page_changes(conn, page)
     at = page.fetched_at
     ids = _insert_new(conn, changes, run_id, at)
@@ -359,6 +354,10 @@ def close_scope(
 ) -> ScopeClose:
     """Close a completely paged scope: count misses, remove what was missed
     ``confirmations`` complete runs in a row (unless the guard holds), take the snapshot."""
+    if conn.dialect.name == "postgresql":
+        # The pages may have committed without waiting for the disk (engine.async_commits):
+        # this commit waits, and with it every page before it.
+        conn.exec_driver_sql("SET LOCAL synchronous_commit TO ON")
     in_scope = scope_filter(scope)
     missed = _missed(run_id)
     due = and_(missed, numbers.c.missed_runs + 1 >= confirmations)
