@@ -7,11 +7,13 @@ retriable failure or a fatal one), and on a retriable failure back off and try a
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
 import random
 import re
+import ssl
 import threading
 import time
 from collections import Counter
@@ -19,11 +21,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import msgspec
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
+from requests.utils import DEFAULT_CA_BUNDLE_PATH
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 
@@ -97,6 +102,20 @@ class _Failure(RetriableSourceError):
     def __init__(self, kind: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(message, retry_after)
         self.kind = kind
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """A response read whole: what the client needs of it, whichever way it came."""
+
+    status: int
+    reason: str
+    headers: Mapping[str, str]  # case-insensitive
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
 
 
 def shorten(text: str, limit: int = MAX_BODY_SHOWN) -> str:
@@ -178,6 +197,10 @@ class BirdClient:
         self._proxies = requests.utils.get_environ_proxies(self.url)
         bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
         self._verify: bool | str = bundle or True
+        self._split = urlsplit(self.url)
+        # A Channel sends a page's request early on a connection of its own: only straight
+        # to Bird; through a proxy every page goes through the adapter.
+        self.pipelining = not self._proxies
 
     def __repr__(self) -> str:
         return f"BirdClient({self.url!r})"
@@ -193,15 +216,22 @@ class BirdClient:
 
     # --- one page, with retries -----------------------------------------------------------
 
-    def fetch(self, params: Mapping[str, Any]) -> tuple[Any, datetime]:
-        """GET one page: its parsed JSON body and the UTC time its response arrived."""
+    def fetch(self, params: Mapping[str, Any], sent: Sent | None = None) -> tuple[Any, datetime]:
+        """GET one page: its parsed JSON body and the UTC time its response arrived.
+        ``sent``: the page's request, already sent on a Channel; its reply is the first
+        attempt, and any retry goes the ordinary way."""
         waited = 0.0
         attempt = 0
         while True:
             attempt += 1
-            self.rate_limiter.acquire(self.stop)
             try:
-                return self._send(params)
+                if sent is not None:
+                    reply, sent = sent.reply(), None
+                else:
+                    self.rate_limiter.acquire(self.stop)
+                    reply = self._exchange(params)
+                fetched_at = datetime.now(UTC)
+                return self._classify(reply), fetched_at
             except _Failure as failure:
                 budget = self.max_total_wait - waited
                 retry = attempt < self.max_attempts and budget > 0
@@ -225,6 +255,10 @@ class BirdClient:
                 self._wait(delay)
                 waited += delay
 
+    def channel(self) -> Channel:
+        """A connection for one scope's pages, sent one ahead (see Channel)."""
+        return Channel(self)
+
     @staticmethod
     def _backoff(attempt: int, retry_after: float | None) -> float:
         """Retry-After when the server gave one, else exponential backoff with full jitter."""
@@ -244,35 +278,51 @@ class BirdClient:
 
     # --- one attempt ----------------------------------------------------------------------
 
-    def _send(self, params: Mapping[str, Any]) -> tuple[Any, datetime]:
+    def _exchange(self, params: Mapping[str, Any]) -> _Reply:
+        """One attempt through the connection-pooling adapter."""
         if self.stop is not None and self.stop.is_set():
             raise Interrupted(f"stopped before GET {self.path}")
         self.stats.count_request()
         try:
-            response = self._adapter.send(
+            with self._adapter.send(
                 self._request(params),
                 timeout=self.timeout,
                 verify=self._verify,
                 proxies=self._proxies,
-            )
-            response.content  # noqa: B018 -- read the body here, where its errors are retried
+            ) as response:
+                # the body is read here, where its errors are retried
+                return _Reply(
+                    response.status_code, response.reason or "", response.headers, response.content
+                )
         except (
             requests.ConnectionError,
             requests.Timeout,
             requests.exceptions.ChunkedEncodingError,
         ) as exc:
-            kind = type(exc).__name__
-            message = self._redact(f"{kind} on GET {self.path}: {_exc_text(exc)}")
-            raise _Failure(kind, message) from exc
-        except requests.RequestException as exc:  # an invalid URL, too many redirects ...
-            kind = type(exc).__name__
-            self.stats.count_error(kind, retried=False)
-            raise FatalSourceError(
-                self._redact(f"{kind} on GET {self.path}: {_exc_text(exc)}")
-            ) from None
-        fetched_at = datetime.now(UTC)
-        with response:
-            return self._classify(response), fetched_at
+            raise self._failure(type(exc).__name__, exc) from exc
+        except requests.RequestException as exc:  # an invalid URL, a body not decodable ...
+            raise self._fatal(type(exc).__name__, exc) from None
+
+    def _failure(self, kind: str, exc: Exception) -> _Failure:
+        return _Failure(kind, self._redact(f"{kind} on GET {self.path}: {_exc_text(exc)}"))
+
+    def _fatal(self, kind: str, exc: Exception) -> FatalSourceError:
+        self.stats.count_error(kind, retried=False)
+        return FatalSourceError(self._redact(f"{kind} on GET {self.path}: {_exc_text(exc)}"))
+
+    def _target(self, params: Mapping[str, Any]) -> str:
+        return f"{self._split.path}?{urlencode(params, doseq=True)}"
+
+    def _connection(self) -> HTTPConnection:
+        """A new connection to Bird, set up as requests sets up its own (CA bundle, timeouts)."""
+        host, port = self._split.hostname or "", self._split.port
+        connect_timeout = self.timeout[0]
+        if self._split.scheme == "https":
+            bundle = self._verify if isinstance(self._verify, str) else DEFAULT_CA_BUNDLE_PATH
+            return HTTPSConnection(
+                host, port, timeout=connect_timeout, cert_reqs="CERT_REQUIRED", ca_certs=bundle
+            )
+        return HTTPConnection(host, port, timeout=connect_timeout)
 
     def _request(self, params: Mapping[str, Any]) -> requests.PreparedRequest:
         request = requests.PreparedRequest()
@@ -282,8 +332,8 @@ class BirdClient:
         request.body = None
         return self._auth(request)
 
-    def _classify(self, response: requests.Response) -> Any:
-        status = response.status_code
+    def _classify(self, response: _Reply) -> Any:
+        status = response.status
         if 200 <= status < 300:
             return self._json(response)
         detail = self._describe(response)
@@ -309,22 +359,22 @@ class BirdClient:
             )
         raise FatalSourceError(detail)
 
-    def _json(self, response: requests.Response) -> Any:
+    def _json(self, response: _Reply) -> Any:
         try:
             return decode_json(response.content)
         except (ValueError, RecursionError):
             content_type = response.headers.get("Content-Type", "none")
             raise PaginationError(
                 self._redact(
-                    f"GET {self.path} returned {response.status_code} {response.reason} but the "
+                    f"GET {self.path} returned {response.status} {response.reason} but the "
                     f"body was not JSON (Content-Type: {content_type}): "
                     f"{shorten(response.text)!r}"
                 )
             ) from None
 
-    def _describe(self, response: requests.Response) -> str:
+    def _describe(self, response: _Reply) -> str:
         return self._redact(
-            f"{response.status_code} {response.reason} for GET {self.path}: "
+            f"{response.status} {response.reason} for GET {self.path}: "
             f"{shorten(response.text) or '(empty body)'}"
         )
 
@@ -333,3 +383,93 @@ class BirdClient:
         fewer than 8 characters are test keys and would mangle every message)."""
         key = self._key.reveal()
         return text.replace(key, "***") if len(key) >= MIN_REDACTED_KEY else text
+
+
+# What a connection of a Channel raises when the network, TLS or the server fails it.
+_TRANSPORT_ERRORS = (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError)
+
+
+def _kind(exc: BaseException, *, reading_body: bool = False) -> str:
+    """The name of a Channel's failure, as requests names the same failure."""
+    if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
+        return "ConnectTimeout"
+    if isinstance(exc, TimeoutError | urllib3.exceptions.TimeoutError):
+        return "ReadTimeout"
+    if isinstance(exc, ssl.SSLError | urllib3.exceptions.SSLError):
+        return "SSLError"
+    return "ChunkedEncodingError" if reading_body else "ConnectionError"
+
+
+class Channel:
+    """A connection of one scope's own, on which the next page's request goes out before the
+    current page is written; ``BirdClient.fetch(params, sent)`` reads the response when that
+    page is wanted. Bird's time to answer then overlaps the database's time to write
+    (bench/RESULTS.md). A request is sent early only when the rate limit allows it at once
+    and no proxy is in the way; otherwise ``send`` returns None and the page is fetched the
+    ordinary way. A failed early request is the page's first attempt: the ordinary retries
+    take over. Used by one thread at a time."""
+
+    def __init__(self, client: BirdClient) -> None:
+        self._client = client
+        self._conn: HTTPConnection | None = None
+
+    def send(self, params: Mapping[str, Any]) -> Sent | None:
+        client = self._client
+        if not client.pipelining or (client.stop is not None and client.stop.is_set()):
+            return None
+        if not client.rate_limiter.try_acquire():
+            return None
+        client.stats.count_request()
+        headers = {**client._headers, "Authorization": f"AccessKey {client._key.reveal()}"}
+        try:
+            if self._conn is None:
+                self._conn = client._connection()
+            self._conn.request(
+                "GET", client._target(params), headers=headers, preload_content=False
+            )
+            if self._conn.sock is not None:
+                self._conn.sock.settimeout(client.timeout[1])
+        except _TRANSPORT_ERRORS as exc:
+            self.close()
+            return Sent(self, client._failure(_kind(exc), exc))
+        return Sent(self, None)
+
+    def _reply(self) -> _Reply:
+        client = self._client
+        assert self._conn is not None
+        reading_body = False
+        try:
+            response = self._conn.getresponse()
+            reading_body = True
+            content = response.read()
+        except urllib3.exceptions.DecodeError as exc:  # as requests: not worth retrying
+            self.close()
+            raise client._fatal("ContentDecodingError", exc) from None
+        except _TRANSPORT_ERRORS as exc:
+            self.close()
+            raise client._failure(_kind(exc, reading_body=reading_body), exc) from exc
+        return _Reply(response.status, response.reason or "", response.headers, content)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Channel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A page's request sent early on a Channel (or the failure of sending it)."""
+
+    channel: Channel
+    failure: _Failure | None
+
+    def reply(self) -> _Reply:
+        if self.failure is not None:
+            raise self.failure
+        return self.channel._reply()

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping
+from contextlib import nullcontext
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from etl.errors import Interrupted, PaginationError
 from etl.records import Page, Scope
 from etl.source.parser import parse_results
+
+if TYPE_CHECKING:
+    from etl.source.client import Channel, Sent
 
 MAX_TOKEN_LENGTH = 8000
 
@@ -22,6 +26,17 @@ class PageFetcher(Protocol):
     """What the paginator needs of a client (BirdClient): one GET of the listing."""
 
     def fetch(self, params: Mapping[str, Any]) -> tuple[Any, datetime]: ...
+
+
+@runtime_checkable
+class PipeliningFetcher(Protocol):
+    """A client that can send a page's request before the page before it is used."""
+
+    def fetch(
+        self, params: Mapping[str, Any], sent: Sent | None = None
+    ) -> tuple[Any, datetime]: ...
+
+    def channel(self) -> Channel: ...
 
 
 def describe_token(token: str) -> str:
@@ -103,17 +118,30 @@ def iter_pages(
     """Every page of ``scope``, parsed, in order. Raises PaginationError when the listing
     cannot be paged to its end, Interrupted when ``stop`` is set between pages."""
     paginator = TokenPaginator(scope, page_size=page_size, max_pages=max_pages)
-    while paginator.has_next_page:
-        if stop is not None and stop.is_set():
-            raise Interrupted(f"stopped before page {paginator.index} of scope {scope.key}")
-        index = paginator.index
-        body, fetched_at = client.fetch(paginator.request_params())
-        items, rejections = parse_results(paginator.update_state(body))
-        yield Page(
-            scope_key=scope.key,
-            index=index,
-            fetched_at=fetched_at,
-            items=tuple(items),
-            rejections=tuple(rejections),
-            next_page_token=paginator.next_token,
-        )
+    pipe = client if isinstance(client, PipeliningFetcher) else None
+    with pipe.channel() if pipe is not None else nullcontext() as channel:
+        sent: Sent | None = None
+        while paginator.has_next_page:
+            if stop is not None and stop.is_set():
+                raise Interrupted(f"stopped before page {paginator.index} of scope {scope.key}")
+            index = paginator.index
+            params = paginator.request_params()
+            if pipe is not None and sent is not None:
+                body, fetched_at = pipe.fetch(params, sent)
+            else:
+                body, fetched_at = client.fetch(params)
+            sent = None
+            results = paginator.update_state(body)
+            if channel is not None and paginator.has_next_page and paginator.index < max_pages:
+                # The next page's request goes out now, before this page is parsed and
+                # written; its response is read at the top of the next round.
+                sent = channel.send(paginator.request_params())
+            items, rejections = parse_results(results)
+            yield Page(
+                scope_key=scope.key,
+                index=index,
+                fetched_at=fetched_at,
+                items=tuple(items),
+                rejections=tuple(rejections),
+                next_page_token=paginator.next_token,
+            )

@@ -51,6 +51,15 @@ class RateLimiter:
                 delay = self._next_start - now
             self._wait(delay, stop)
 
+    def try_acquire(self) -> bool:
+        """Start a request now if the limit allows it; never waits."""
+        with self._lock:
+            now = self._clock()
+            if now >= self._next_start:
+                self._next_start = now + self.interval
+                return True
+            return False
+
     def _wait(self, delay: float, stop: threading.Event | None) -> None:
         if stop is not None and self._sleep is time.sleep:
             stop.wait(delay)  # wakes early when stop is set; the loop then raises
