@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from etl.config import Secret
 from etl.errors import (
@@ -20,8 +23,10 @@ from etl.errors import (
     RetriesExhausted,
     SourceError,
 )
-from etl.simulator import Simulator
+from etl.records import Page, Scope
+from etl.simulator import Simulator, SyntheticStock
 from etl.source.client import BirdClient, ClientStats, parse_retry_after
+from etl.source.paginator import iter_pages
 from etl.source.ratelimit import RateLimiter
 from tests.conftest import ACCESS_KEY, ORGANIZATION_ID
 
@@ -340,3 +345,159 @@ def test_parse_retry_after(header: str | None, seconds: float | None) -> None:
 
 def test_parse_retry_after_in_the_past_is_zero() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+# --- pages sent one ahead (Channel) ---------------------------------------------------------
+
+
+def pages_of(client: BirdClient, **options: Any) -> list[Page]:
+    return list(iter_pages(client, Scope("US"), page_size=5, max_pages=1000, **options))
+
+
+UNLIMITED = 1e9  # requests/s: the next request may always go out at once
+
+
+@pytest.fixture
+def ahead(make_client: Callable[..., BirdClient]) -> BirdClient:
+    """A client that always sends the next page's request ahead."""
+    return make_client(rate_limiter=RateLimiter(UNLIMITED))
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_pages_are_the_same_sent_ahead_or_not(
+    ahead: BirdClient, make_client: Callable[..., BirdClient], simulator: Simulator
+) -> None:
+    early = pages_of(ahead)
+    plain_client = make_client(rate_limiter=RateLimiter(UNLIMITED))
+    plain_client.pipelining = False
+    plain = pages_of(plain_client)
+    assert len(early) > 10
+    assert [(p.index, p.items, p.next_page_token) for p in early] == [
+        (p.index, p.items, p.next_page_token) for p in plain
+    ]
+
+
+def test_the_next_request_goes_out_before_the_page_is_used(
+    ahead: BirdClient, simulator: Simulator
+) -> None:
+    client = ahead
+    pages = iter_pages(client, Scope("US"), page_size=5, max_pages=1000)
+    assert next(pages).index == 0
+    wait_until(lambda: len(simulator.requests) == 2)  # page 1, asked for already
+    assert next(pages).index == 1
+    wait_until(lambda: len(simulator.requests) == 3)
+    pages.close()  # a response not read: its connection is closed, nothing is raised
+    assert client.stats.snapshot() == {"requests": 3, "retries": 0, "errors": {}}
+
+
+def test_without_a_proxy_only(monkeypatch: pytest.MonkeyPatch, simulator: Simulator) -> None:
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    client = BirdClient(
+        simulator.url, Secret(ACCESS_KEY), ORGANIZATION_ID, rate_limiter=RateLimiter(1000)
+    )
+    with client, client.channel() as channel:
+        assert not client.pipelining
+        assert channel.send(QUERY) is None
+    assert simulator.requests == []
+
+
+def test_nothing_goes_out_ahead_of_the_rate_limit(
+    make_client: Callable[..., BirdClient], simulator: Simulator
+) -> None:
+    client = make_client(rate_limiter=RateLimiter(5))  # one request per 0.2 s
+    pages = iter_pages(client, Scope("US"), page_size=5, max_pages=1000)
+    next(pages)
+    time.sleep(0.1)
+    assert len(simulator.requests) == 1  # the next one waits for the limit, as always
+    assert next(pages).index == 1
+    pages.close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "error"),
+    [
+        ("status", {"status": 503}, "503"),
+        ("status", {"status": 429, "retry_after": "0"}, "429"),
+        ("disconnect", {}, "ChunkedEncodingError"),
+    ],
+)
+def test_a_page_sent_ahead_that_fails_is_retried(
+    ahead: BirdClient, simulator: Simulator, kind: str, options: dict[str, Any], error: str
+) -> None:
+    client = ahead
+    expected = pages_of(client)
+    simulator.requests.clear()
+    simulator.faults.add(kind, page=2, **options)
+    pages = pages_of(client)
+    assert [p.items for p in pages] == [p.items for p in expected]
+    assert client.stats.snapshot()["errors"] == {error: 1}
+
+
+def test_a_page_sent_ahead_that_times_out_is_retried(
+    make_client: Callable[..., BirdClient], simulator: Simulator
+) -> None:
+    client = make_client(read_timeout=0.3, rate_limiter=RateLimiter(UNLIMITED))
+    simulator.faults.add("latency", seconds=2.0, page=2)
+    pages = pages_of(client)
+    assert [p.index for p in pages] == list(range(len(pages)))
+    assert client.stats.snapshot()["errors"] == {"ReadTimeout": 1}
+
+
+def test_a_page_sent_ahead_that_is_refused_is_fatal(
+    ahead: BirdClient, simulator: Simulator
+) -> None:
+    simulator.faults.add("status", status=400, page=2)
+    with pytest.raises(FatalSourceError, match="400 Bad Request"):
+        pages_of(ahead)
+    assert ahead.stats.snapshot()["errors"] == {"400": 1}
+
+
+def test_https_with_a_ca_bundle_ahead_or_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stock: SyntheticStock
+) -> None:
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    with Simulator(
+        stock, access_key=ACCESS_KEY, organization_id=ORGANIZATION_ID, ssl_context=context
+    ) as simulator:
+        assert simulator.url.startswith("https://")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+        client = BirdClient(
+            simulator.url, Secret(ACCESS_KEY), ORGANIZATION_ID, rate_limiter=RateLimiter(UNLIMITED)
+        )
+        with client:
+            pages = pages_of(client)
+        assert len(pages) > 10
+        assert len(simulator.requests) == len(pages)
+        assert client.stats.snapshot()["errors"] == {}
+
+
+def test_https_refuses_a_certificate_it_cannot_verify(stock: SyntheticStock, waits: Waits) -> None:
+    ca = trustme.CA()  # a CA the client does not know
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    with Simulator(
+        stock, access_key=ACCESS_KEY, organization_id=ORGANIZATION_ID, ssl_context=context
+    ) as simulator:
+        client = BirdClient(
+            simulator.url,
+            Secret(ACCESS_KEY),
+            ORGANIZATION_ID,
+            rate_limiter=RateLimiter(UNLIMITED),
+            max_attempts=2,
+            sleep=waits,
+        )
+        with client, pytest.raises(RetriesExhausted, match="SSLError"):
+            pages_of(client)
+        assert simulator.requests == []  # nothing got past the handshake

@@ -345,11 +345,15 @@ def test_pages_commit_without_waiting_for_the_disk_and_closes_do(
     settings = make_settings(simulator, db_url, countries="US,NL", concurrency=1)
     result = Sync(settings, engine=engine).run()
     assert result.status == "succeeded"
-    assert seen == [
-        "SET synchronous_commit TO OFF",
-        "SET LOCAL synchronous_commit TO ON",
-        "RESET synchronous_commit",
-    ] * 2
+    assert (
+        seen
+        == [
+            "SET synchronous_commit TO OFF",
+            "SET LOCAL synchronous_commit TO ON",
+            "RESET synchronous_commit",
+        ]
+        * 2
+    )
     with engine.connect() as conn:  # the pool's one connection, as the scopes left it
         assert conn.execute(text("SHOW synchronous_commit")).scalar_one() == "on"
     engine.dispose()

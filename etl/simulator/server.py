@@ -15,6 +15,7 @@ import ipaddress
 import json
 import re
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -164,6 +165,10 @@ class _Server(ThreadingHTTPServer):
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, address = super().get_request()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.sim.ssl_context is not None:  # the handshake happens in the handler's thread
+            sock = self.sim.ssl_context.wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
         return sock, address
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -308,8 +313,10 @@ class Simulator:
         access_key: str = "sim-access-key",
         organization_id: str = "sim-org",
         keep_requests: int = 200_000,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.stock = stock if stock is not None else SyntheticStock()
+        self.ssl_context = ssl_context  # HTTPS with it (tests of the client's TLS)
         self.faults = Faults()
         self.host = host
         self.port = port
@@ -368,7 +375,8 @@ class Simulator:
         if self._server is None:
             raise RuntimeError("the simulator is not running; call start() first")
         host = self.host if ":" not in self.host else f"[{self.host}]"
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     def stats(self) -> dict[str, Any]:
         with self._records_lock:

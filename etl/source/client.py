@@ -226,7 +226,8 @@ class BirdClient:
             attempt += 1
             try:
                 if sent is not None:
-                    reply, sent = sent.reply(), None
+                    early, sent = sent, None  # one attempt only: a retry goes the usual way
+                    reply = early.reply()
                 else:
                     self.rate_limiter.acquire(self.stop)
                     reply = self._exchange(params)
@@ -424,11 +425,11 @@ class Channel:
         try:
             if self._conn is None:
                 self._conn = client._connection()
+            self._conn.timeout = client.timeout[0]  # to connect, when it must
             self._conn.request(
                 "GET", client._target(params), headers=headers, preload_content=False
             )
-            if self._conn.sock is not None:
-                self._conn.sock.settimeout(client.timeout[1])
+            self._conn.timeout = client.timeout[1]  # for the response (getresponse applies it)
         except _TRANSPORT_ERRORS as exc:
             self.close()
             return Sent(self, client._failure(_kind(exc), exc))
