@@ -396,6 +396,23 @@ def test_the_next_request_goes_out_before_the_page_is_used(
     assert client.stats.snapshot() == {"requests": 3, "retries": 0, "errors": {}}
 
 
+def test_a_connection_closed_while_idle_is_replaced(
+    ahead: BirdClient, simulator: Simulator
+) -> None:
+    with ahead.channel() as channel:
+        first = channel.send(QUERY)
+        assert first is not None
+        ahead.fetch(QUERY, first)
+        assert simulator._server is not None
+        simulator._server.drop_connections()  # as a server does with an idle keep-alive
+        time.sleep(0.05)
+        second = channel.send(QUERY)
+        assert second is not None
+        body, _ = ahead.fetch(QUERY, second)
+    assert len(body["results"]) == 5
+    assert ahead.stats.snapshot() == {"requests": 2, "retries": 0, "errors": {}}
+
+
 def test_without_a_proxy_only(monkeypatch: pytest.MonkeyPatch, simulator: Simulator) -> None:
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)

@@ -423,6 +423,9 @@ class Channel:
         client.stats.count_request()
         headers = {**client._headers, "Authorization": f"AccessKey {client._key.reveal()}"}
         try:
+            conn = self._conn
+            if conn is not None and conn.sock is not None and not conn.is_connected:
+                self.close()  # Bird closed it while it was idle: a new one
             if self._conn is None:
                 self._conn = client._connection()
             self._conn.timeout = client.timeout[0]  # to connect, when it must
