@@ -161,7 +161,8 @@ def read_stored(conn: Connection, numbers_on_page: Sequence[str]) -> dict[str, S
     if not numbers_on_page:
         return {}
     read = _statements(conn.dialect.name).read
-    rows = conn.execute(read, {"page_numbers": list(numbers_on_page)})
+    # .all(): one fetchall; iterating the result fetched row by row (a tenth of a page's time)
+    rows = conn.execute(read, {"page_numbers": list(numbers_on_page)}).all()
     return {row[1]: row for row in rows}
 
 
