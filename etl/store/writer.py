@@ -93,29 +93,36 @@ class _PageStatements:
     read: Select[Any]
     ids: Select[Any]
     seen: Update
+    # The read that marks the page's numbers seen as it reads them (UPDATE ... RETURNING, on
+    # SQLite and PostgreSQL; MariaDB has no UPDATE ... RETURNING): a statement fewer a page.
+    seen_read: Update | None
 
 
 @functools.cache
 def _statements(dialect: str) -> _PageStatements:
     seen_at = bindparam("seen_at", type_=UTCDateTime())
-    return _PageStatements(
-        read=select(*(numbers.c[name] for name in StoredNumber.COLUMNS)).where(
-            in_list(numbers.c.number, "page_numbers", dialect)
+    seen_values = {
+        # last_seen_at never goes backwards, whatever the clock does
+        "last_seen_at": case(
+            (numbers.c.last_seen_at < seen_at, seen_at), else_=numbers.c.last_seen_at
         ),
+        "last_seen_run_id": bindparam("seen_run_id"),
+        "missed_runs": 0,
+        "first_missed_at": None,
+    }
+    stored = [numbers.c[name] for name in StoredNumber.COLUMNS]
+    return _PageStatements(
+        read=select(*stored).where(in_list(numbers.c.number, "page_numbers", dialect)),
         ids=select(numbers.c.number, numbers.c.id).where(
             in_list(numbers.c.number, "new_numbers", dialect)
         ),
-        seen=update(numbers)
-        .where(in_list(numbers.c.id, "seen_ids", dialect))
-        .values(
-            # last_seen_at never goes backwards, whatever the clock does
-            last_seen_at=case(
-                (numbers.c.last_seen_at < seen_at, seen_at), else_=numbers.c.last_seen_at
-            ),
-            last_seen_run_id=bindparam("seen_run_id"),
-            missed_runs=0,
-            first_missed_at=None,
-        ),
+        seen=update(numbers).where(in_list(numbers.c.id, "seen_ids", dialect)).values(seen_values),
+        seen_read=update(numbers)
+        .where(in_list(numbers.c.number, "page_numbers", dialect))
+        .values(seen_values)
+        .returning(*stored)
+        if dialect in ("sqlite", "postgresql")
+        else None,
     )
 
 
@@ -176,12 +183,22 @@ def page_changes(conn: Connection, page: Page) -> PageChanges:
 
 def apply_page(conn: Connection, *, run_id: int, scope_row_id: int, page: Page) -> PageCounts:
     """Write one page: new numbers, seen numbers, changes, events, price changes, rejects."""
-    changes = page_changes(conn, page)
     at = page.fetched_at
+    statements = _statements(conn.dialect.name)
+    if statements.seen_read is None:
+        changes = page_changes(conn, page)
+    else:  # every stored number of the page is seen: marked so as it is read
+        items = dedupe(page.items)
+        rejected = [r.number for r in page.rejections if r.number]
+        wanted = list({*(i.number for i in items), *rejected})
+        found = conn.execute(
+            statements.seen_read, {"page_numbers": wanted, "seen_at": at, "seen_run_id": run_id}
+        ).all()
+        changes = diff_rows({row[1]: row for row in found}, items, rejected)
     ids = _insert_new(conn, changes, run_id, at)
-    if changes.seen_ids:
+    if changes.seen_ids and statements.seen_read is None:
         conn.execute(
-            _statements(conn.dialect.name).seen,
+            statements.seen,
             {"seen_ids": changes.seen_ids, "seen_at": at, "seen_run_id": run_id},
         )
     if changes.updated:
