@@ -22,7 +22,7 @@ Also: scaling on SQLite at other sizes (peak RSS must not grow with the stock), 
 latency-bound run (50 ms per request, 8 countries, concurrency 8, 50 requests/s) against its
 floor pages / 50, and an optional comparison with dlt when it is installed.
 
-Run:   .venv/bin/python bench/sync_bench.py            (defaults: N=200000, C=10; ~15 min)
+Run:   .venv/bin/python bench/sync_bench.py            (defaults: N=200000, C=10; ~5 min)
 Quick: .venv/bin/python bench/sync_bench.py --size 20000 --scaling '' --output /tmp/r.md
 Writes bench/RESULTS.md (or --output) and prints the same tables."""
 
