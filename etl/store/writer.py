@@ -93,13 +93,16 @@ class _PageStatements:
     read: Select[Any]
     ids: Select[Any]
     seen: Update
-    # The read that marks the page's numbers seen as it reads them (UPDATE ... RETURNING, on
-    # SQLite and PostgreSQL; MariaDB has no UPDATE ... RETURNING): a statement fewer a page.
+    # The read that marks the page's numbers seen as it reads them (UPDATE ... RETURNING,
+    # where the database has it; MySQL and MariaDB do not): a statement fewer a page.
     seen_read: Update | None
 
 
 @functools.cache
-def _statements(dialect: str) -> _PageStatements:
+def _statements(dialect: Dialect) -> _PageStatements:
+    """The page statements for ``dialect`` (the one of an engine: it knows the server's
+    version, and with it whether UPDATE ... RETURNING exists: SQLite 3.35+, PostgreSQL)."""
+    name = dialect.name
     seen_at = bindparam("seen_at", type_=UTCDateTime())
     seen_values = {
         # last_seen_at never goes backwards, whatever the clock does
@@ -112,16 +115,16 @@ def _statements(dialect: str) -> _PageStatements:
     }
     stored = [numbers.c[name] for name in StoredNumber.COLUMNS]
     return _PageStatements(
-        read=select(*stored).where(in_list(numbers.c.number, "page_numbers", dialect)),
+        read=select(*stored).where(in_list(numbers.c.number, "page_numbers", name)),
         ids=select(numbers.c.number, numbers.c.id).where(
-            in_list(numbers.c.number, "new_numbers", dialect)
+            in_list(numbers.c.number, "new_numbers", name)
         ),
-        seen=update(numbers).where(in_list(numbers.c.id, "seen_ids", dialect)).values(seen_values),
+        seen=update(numbers).where(in_list(numbers.c.id, "seen_ids", name)).values(seen_values),
         seen_read=update(numbers)
-        .where(in_list(numbers.c.number, "page_numbers", dialect))
+        .where(in_list(numbers.c.number, "page_numbers", name))
         .values(seen_values)
         .returning(*stored)
-        if dialect in ("sqlite", "postgresql")
+        if dialect.update_returning
         else None,
     )
 
@@ -163,40 +166,44 @@ class PageCounts:
     unreadable: int
 
 
-def read_stored(conn: Connection, numbers_on_page: Sequence[str]) -> dict[str, Sequence[Any]]:
-    """The stored rows (``StoredNumber.COLUMNS``) of the given numbers, in one query."""
-    if not numbers_on_page:
-        return {}
-    read = _statements(conn.dialect.name).read
+def read_stored(
+    conn: Connection, numbers_on_page: Sequence[str], mark_seen: tuple[datetime, int] | None = None
+) -> dict[str, Sequence[Any]]:
+    """The stored rows (``StoredNumber.COLUMNS``) of the given numbers, in one statement.
+    ``mark_seen`` (when, run id): the same statement marks them seen (only where the database
+    has UPDATE ... RETURNING: ``_statements(dialect).seen_read``)."""
+    statements = _statements(conn.dialect)
+    params: dict[str, Any] = {"page_numbers": list(numbers_on_page)}
+    if mark_seen is None:
+        statement: Select[Any] | Update = statements.read
+    else:
+        assert statements.seen_read is not None
+        statement = statements.seen_read
+        params.update(seen_at=mark_seen[0], seen_run_id=mark_seen[1])
     # .all(): one fetchall; iterating the result fetched row by row (a tenth of a page's time)
-    rows = conn.execute(read, {"page_numbers": list(numbers_on_page)}).all()
-    return {row[1]: row for row in rows}
+    return {row[1]: row for row in conn.execute(statement, params).all()}
 
 
-def page_changes(conn: Connection, page: Page) -> PageChanges:
-    """Read what the page needs and compute its changes (no writes)."""
+def page_changes(
+    conn: Connection, page: Page, mark_seen: tuple[datetime, int] | None = None
+) -> PageChanges:
+    """Read what the page needs and compute its changes; ``mark_seen`` (when, run id): mark
+    the page's stored numbers seen in the same statement (see ``read_stored``)."""
     items = dedupe(page.items)
     rejected = [r.number for r in page.rejections if r.number]
-    rows = read_stored(conn, list({*(i.number for i in items), *rejected}))
+    wanted = list({*(i.number for i in items), *rejected})
+    rows = read_stored(conn, wanted, mark_seen) if wanted else {}
     return diff_rows(rows, items, rejected)
 
 
 def apply_page(conn: Connection, *, run_id: int, scope_row_id: int, page: Page) -> PageCounts:
     """Write one page: new numbers, seen numbers, changes, events, price changes, rejects."""
     at = page.fetched_at
-    statements = _statements(conn.dialect.name)
-    if statements.seen_read is None:
-        changes = page_changes(conn, page)
-    else:  # every stored number of the page is seen: marked so as it is read
-        items = dedupe(page.items)
-        rejected = [r.number for r in page.rejections if r.number]
-        wanted = list({*(i.number for i in items), *rejected})
-        found = conn.execute(
-            statements.seen_read, {"page_numbers": wanted, "seen_at": at, "seen_run_id": run_id}
-        ).all()
-        changes = diff_rows({row[1]: row for row in found}, items, rejected)
+    statements = _statements(conn.dialect)
+    marked = statements.seen_read is not None  # the stored numbers are marked seen as read
+    changes = page_changes(conn, page, (at, run_id) if marked else None)
     ids = _insert_new(conn, changes, run_id, at)
-    if changes.seen_ids and statements.seen_read is None:
+    if changes.seen_ids and not marked:
         conn.execute(
             statements.seen,
             {"seen_ids": changes.seen_ids, "seen_at": at, "seen_run_id": run_id},
@@ -294,9 +301,9 @@ def _insert_new(
         }
         for item in changes.new
     ]
-    dialect = conn.dialect.name
-    if dialect == "sqlite" or len(rows) <= FEW_NEW:
-        # The ids come back from the insert itself: one statement fewer.
+    dialect = conn.dialect
+    if dialect.insert_executemany_returning and (dialect.name == "sqlite" or len(rows) <= FEW_NEW):
+        # The ids come back from the insert itself: one statement fewer (not on MySQL).
         return dict(conn.execute(_INSERT_RETURNING, rows).all())
     # SQLAlchemy sends an INSERT ... RETURNING of many rows as one multi-row INSERT that it
     # renders for each page; on PostgreSQL that made a first sync 50% slower than the
