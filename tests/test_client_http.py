@@ -429,7 +429,7 @@ def test_without_a_proxy_only(monkeypatch: pytest.MonkeyPatch, simulator: Simula
 def test_nothing_goes_out_ahead_of_the_rate_limit(
     make_client: Callable[..., BirdClient], simulator: Simulator
 ) -> None:
-    client = make_client(rate_limiter=RateLimiter(5))  # one request per 0.2 s
+    client = make_client(rate_limiter=RateLimiter(1))  # one request a second
     pages = iter_pages(client, Scope("US"), page_size=5, max_pages=1000)
     next(pages)
     time.sleep(0.1)
