@@ -43,22 +43,23 @@ class RateLimiter:
         while True:
             if stop is not None and stop.is_set():
                 raise Interrupted("stopped while waiting for the rate limit")
-            with self._lock:
-                now = self._clock()
-                if now >= self._next_start:
-                    self._next_start = now + self.interval
-                    return
-                delay = self._next_start - now
+            delay = self._take()
+            if delay <= 0:
+                return
             self._wait(delay, stop)
 
     def try_acquire(self) -> bool:
         """Start a request now if the limit allows it; never waits."""
+        return self._take() <= 0
+
+    def _take(self) -> float:
+        """Grant a start now (0), or the seconds until one can be granted."""
         with self._lock:
             now = self._clock()
             if now >= self._next_start:
                 self._next_start = now + self.interval
-                return True
-            return False
+                return 0.0
+            return self._next_start - now
 
     def _wait(self, delay: float, stop: threading.Event | None) -> None:
         if stop is not None and self._sleep is time.sleep:

@@ -198,7 +198,7 @@ def diff_page(
 def diff_rows(
     rows: Mapping[str, Sequence[Any]],
     items: Sequence[StockItem],
-    rejected_numbers: Iterable[str] = (),
+    rejected_numbers: Sequence[str] = (),
 ) -> PageChanges:
     """``diff_page`` on the database rows of the page's numbers (``StoredNumber.COLUMNS``
     order). Most numbers of a page are unchanged: one tuple comparison tells, and only the
