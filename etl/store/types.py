@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -34,6 +36,21 @@ class UTCDateTime(TypeDecorator[datetime]):
             raise ValueError(f"naive datetime {value!r}: numbers-etl stores UTC-aware times only")
         value = value.astimezone(UTC)
         return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        """``process_bind_param`` and then the dialect's own processing (on SQLite, formatting
+        the text it stores), remembered for the last few moments: a page binds the same
+        moment to every row it writes, and formatting it cost a first sync a fifth of its
+        time on SQLite. Equal moments give equal results, so equality is a safe key."""
+        process = super().bind_processor(dialect)
+        if process is None:
+            return None
+        remembered = functools.lru_cache(maxsize=64)(process)
+
+        def bind(value: Any) -> Any:
+            return None if value is None else remembered(value)
+
+        return bind
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
