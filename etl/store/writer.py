@@ -16,6 +16,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Dialect,
+    Insert,
     Select,
     Update,
     and_,
@@ -31,11 +32,12 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.types import Integer, String, TypeDecorator
+from sqlalchemy.types import Integer, String, Text, TypeDecorator
 
 from etl.records import Page, Rejection, Scope
 from etl.store.diff import (
     TRACKED_FIELDS,
+    Event,
     PageChanges,
     RemovalDecision,
     StoredNumber,
@@ -96,6 +98,10 @@ class _PageStatements:
     # The read that marks the page's numbers seen as it reads them (UPDATE ... RETURNING,
     # where the database has it; MySQL and MariaDB do not): a statement fewer a page.
     seen_read: Update | None
+    # A page's events from three arrays in one INSERT ... SELECT (PostgreSQL): an
+    # executemany is a statement a row on the server, and a first sync's 99 events a page
+    # were its costliest statement.
+    events: Insert | None
 
 
 @functools.cache
@@ -126,6 +132,29 @@ def _statements(dialect: Dialect) -> _PageStatements:
         .returning(*stored)
         if dialect.update_returning
         else None,
+        events=_events_from_arrays() if name == "postgresql" else None,
+    )
+
+
+def _events_from_arrays() -> Insert:
+    rows = (
+        func.unnest(
+            bindparam("event_number_ids", type_=ARRAY(Integer())),
+            bindparam("event_kinds", type_=ARRAY(String())),
+            bindparam("event_details", type_=ARRAY(Text())),
+        )
+        .table_valued("number_id", "event", "detail")
+        .render_derived()
+    )
+    return insert(number_events).from_select(
+        ["number_id", "run_id", "occurred_at", "event", "detail"],
+        select(
+            rows.c.number_id,
+            bindparam("event_run_id", type_=Integer()),
+            bindparam("event_at", type_=UTCDateTime()),
+            rows.c.event,
+            rows.c.detail,
+        ),
     )
 
 
@@ -226,19 +255,7 @@ def apply_page(conn: Connection, *, run_id: int, scope_row_id: int, page: Page) 
     for stored, _item in changes.updated:
         ids[stored.number] = stored.id
     if changes.events:  # every event's number is new (ids) or updated
-        conn.execute(
-            _INSERT_EVENTS,
-            [
-                {
-                    "number_id": ids[e.number],
-                    "run_id": run_id,
-                    "occurred_at": at,
-                    "event": e.event,
-                    "detail": e.detail,
-                }
-                for e in changes.events
-            ],
-        )
+        _insert_events(conn, changes.events, ids, run_id, at)
     if changes.price_changes:
         conn.execute(
             _INSERT_PRICE_CHANGES,
@@ -311,6 +328,37 @@ def _insert_new(
     conn.execute(_INSERT_NUMBERS, rows)
     ids = conn.execute(_statements(dialect).ids, {"new_numbers": [i.number for i in changes.new]})
     return dict(ids.all())
+
+
+def _insert_events(
+    conn: Connection, events: Sequence[Event], ids: dict[str, int], run_id: int, at: datetime
+) -> None:
+    from_arrays = _statements(conn.dialect).events
+    if from_arrays is not None:
+        conn.execute(
+            from_arrays,
+            {
+                "event_number_ids": [ids[e.number] for e in events],
+                "event_kinds": [e.event for e in events],
+                "event_details": [e.detail for e in events],
+                "event_run_id": run_id,
+                "event_at": at,
+            },
+        )
+        return
+    conn.execute(
+        _INSERT_EVENTS,
+        [
+            {
+                "number_id": ids[e.number],
+                "run_id": run_id,
+                "occurred_at": at,
+                "event": e.event,
+                "detail": e.detail,
+            }
+            for e in events
+        ],
+    )
 
 
 def _payload_text(rejection: Rejection) -> str:
