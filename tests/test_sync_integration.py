@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -78,6 +79,13 @@ def test_first_sync_lists_everything_with_first_and_last_seen(
     assert run.started_at <= first <= run.finished_at
     assert run.listed == total
     assert snapshot_total == total
+    with engine.connect() as conn:
+        stored = conn.execute(select(numbers)).all()
+    for number in stored:  # the columns every new number starts with, however it was inserted
+        assert number.monthly_price == Decimal(number.price_amount).scaleb(number.price_exponent)
+        assert (number.last_seen_run_id, number.missed_runs) == (run.id, 0)
+        assert (number.first_missed_at, number.removed_at) == (None, None)
+        assert number.first_seen_at == number.last_seen_at
 
 
 def test_second_sync_advances_last_seen_only(

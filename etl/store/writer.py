@@ -32,15 +32,16 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.types import Integer, String, Text, TypeDecorator
+from sqlalchemy.types import Integer, Numeric, String, Text, TypeDecorator
 
-from etl.records import Page, Rejection, Scope
+from etl.records import Page, Rejection, Scope, StockItem
 from etl.store.diff import (
     TRACKED_FIELDS,
     Event,
     PageChanges,
     RemovalDecision,
     StoredNumber,
+    attribute_tuple,
     attribute_values,
     dedupe,
     diff_rows,
@@ -58,7 +59,6 @@ from etl.store.schema import (
 from etl.store.types import UTCDateTime
 
 MAX_PAYLOAD_CHARS = 16000
-FEW_NEW = 10  # new numbers on a page up to which their insert returns their ids
 _UPDATE_COLUMNS = (*TRACKED_FIELDS, "monthly_price", "currency", "price_amount", "price_exponent")
 
 
@@ -98,9 +98,10 @@ class _PageStatements:
     # The read that marks the page's numbers seen as it reads them (UPDATE ... RETURNING,
     # where the database has it; MySQL and MariaDB do not): a statement fewer a page.
     seen_read: Update | None
-    # A page's events from three arrays in one INSERT ... SELECT (PostgreSQL): an
-    # executemany is a statement a row on the server, and a first sync's 99 events a page
-    # were its costliest statement.
+    # PostgreSQL: a page's new numbers (returning their ids) and its events, each in one
+    # INSERT ... SELECT from arrays. An executemany is a statement a row on the server: a
+    # first sync's 99 events and 99 numbers a page were its two costliest statements.
+    new_numbers: Insert | None
     events: Insert | None
 
 
@@ -132,7 +133,66 @@ def _statements(dialect: Dialect) -> _PageStatements:
         .returning(*stored)
         if dialect.update_returning
         else None,
+        new_numbers=_numbers_from_arrays() if name == "postgresql" else None,
         events=_events_from_arrays() if name == "postgresql" else None,
+    )
+
+
+# The columns of a new number that differ from number to number (the rest are the page's).
+_NEW_VARYING = (
+    "number",
+    *TRACKED_FIELDS,
+    "monthly_price",
+    "currency",
+    "price_amount",
+    "price_exponent",
+)
+
+
+def _new_varying(item: StockItem) -> tuple[Any, ...]:
+    price = item.price
+    return (
+        item.number,
+        *attribute_tuple(item),
+        price.value,
+        price.currency,
+        price.amount,
+        price.exponent,
+    )
+
+
+def _array_of(column: str) -> ARRAY[Any]:
+    """The array type a column's values go in. Strings and decimals without a length or
+    scale: a cast to ``varchar(n)`` would cut a longer value short without an error, where
+    the insert into the column refuses it, as an executemany's did."""
+    column_type = numbers.c[column].type
+    if isinstance(column_type, String):
+        return ARRAY(String())
+    if column == "monthly_price":
+        return ARRAY(Numeric())
+    return ARRAY(column_type)
+
+
+def _numbers_from_arrays() -> Insert:
+    rows = (
+        func.unnest(*(bindparam(f"new_{c}", type_=_array_of(c)) for c in _NEW_VARYING))
+        .table_valued(*_NEW_VARYING)
+        .render_derived()
+    )
+    at = bindparam("new_at", type_=UTCDateTime())
+    return (
+        insert(numbers)
+        .from_select(
+            [*_NEW_VARYING, "first_seen_at", "last_seen_at", "last_seen_run_id", "missed_runs"],
+            select(
+                *(rows.c[c] for c in _NEW_VARYING),
+                at,
+                at,
+                bindparam("new_run_id", type_=Integer()),
+                literal(0, Integer()),
+            ),
+        )
+        .returning(numbers.c.number, numbers.c.id)
     )
 
 
@@ -304,6 +364,15 @@ def _insert_new(
     """Insert the page's new numbers; return their ids by number."""
     if not changes.new:
         return {}
+    dialect = conn.dialect
+    from_arrays = _statements(dialect).new_numbers
+    if from_arrays is not None:
+        columns = zip(*(_new_varying(item) for item in changes.new), strict=True)
+        params: dict[str, Any] = {
+            f"new_{c}": list(values) for c, values in zip(_NEW_VARYING, columns, strict=True)
+        }
+        params.update(new_at=at, new_run_id=run_id)
+        return dict(conn.execute(from_arrays, params).all())
     rows = [
         {
             "number": item.number,
@@ -318,13 +387,10 @@ def _insert_new(
         }
         for item in changes.new
     ]
-    dialect = conn.dialect
-    if dialect.insert_executemany_returning and (dialect.name == "sqlite" or len(rows) <= FEW_NEW):
-        # The ids come back from the insert itself: one statement fewer (not on MySQL).
+    if dialect.insert_executemany_returning:
+        # SQLite: the ids come back from the insert itself (SQLAlchemy sends it as multi-row
+        # INSERTs), a statement fewer than the executemany and the query MySQL needs.
         return dict(conn.execute(_INSERT_RETURNING, rows).all())
-    # SQLAlchemy sends an INSERT ... RETURNING of many rows as one multi-row INSERT that it
-    # renders for each page; on PostgreSQL that made a first sync 50% slower than the
-    # driver's own executemany and a query (bench/RESULTS.md).
     conn.execute(_INSERT_NUMBERS, rows)
     ids = conn.execute(_statements(dialect).ids, {"new_numbers": [i.number for i in changes.new]})
     return dict(ids.all())
