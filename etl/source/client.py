@@ -88,8 +88,12 @@ class _AccessKeyAuth(requests.auth.AuthBase):
     def __init__(self, key: Secret) -> None:
         self._key = key
 
+    def header(self) -> str:
+        """The Authorization header's value, for a request sent without requests."""
+        return f"AccessKey {self._key.reveal()}"
+
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = f"AccessKey {self._key.reveal()}"
+        request.headers["Authorization"] = self.header()
         return request
 
     def __repr__(self) -> str:
@@ -421,7 +425,7 @@ class Channel:
         if not client.rate_limiter.try_acquire():
             return None
         client.stats.count_request()
-        headers = {**client._headers, "Authorization": f"AccessKey {client._key.reveal()}"}
+        headers = {**client._headers, "Authorization": client._auth.header()}
         try:
             conn = self._conn
             if conn is not None and conn.sock is not None and not conn.is_connected:

@@ -13,11 +13,13 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    Column,
     ColumnElement,
     Connection,
     Dialect,
     Insert,
     Select,
+    Table,
     Update,
     and_,
     any_,
@@ -32,7 +34,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.types import Integer, Numeric, String, Text, TypeDecorator
+from sqlalchemy.sql.selectable import TableValuedAlias
+from sqlalchemy.types import Integer, Numeric, String, TypeDecorator
 
 from etl.records import Page, Rejection, Scope, StockItem
 from etl.store.diff import (
@@ -56,7 +59,7 @@ from etl.store.schema import (
     rejected_items,
     sync_scopes,
 )
-from etl.store.types import UTCDateTime
+from etl.store.types import Money, UTCDateTime
 
 MAX_PAYLOAD_CHARS = 16000
 _UPDATE_COLUMNS = (*TRACKED_FIELDS, "monthly_price", "currency", "price_amount", "price_exponent")
@@ -161,24 +164,25 @@ def _new_varying(item: StockItem) -> tuple[Any, ...]:
     )
 
 
-def _array_of(column: str) -> ARRAY[Any]:
+def _array_of(column: Column[Any]) -> ARRAY[Any]:
     """The array type a column's values go in. Strings and decimals without a length or
     scale: a cast to ``varchar(n)`` would cut a longer value short without an error, where
     the insert into the column refuses it, as an executemany's did."""
-    column_type = numbers.c[column].type
-    if isinstance(column_type, String):
+    if isinstance(column.type, String):
         return ARRAY(String())
-    if column == "monthly_price":
+    if isinstance(column.type, Money):
         return ARRAY(Numeric())
-    return ARRAY(column_type)
+    return ARRAY(column.type)
+
+
+def _unnested(table: Table, columns: Sequence[str], prefix: str) -> TableValuedAlias:
+    """Rows made of arrays, one per column, bound as ``prefix`` + the column's name."""
+    arrays = (bindparam(f"{prefix}{c}", type_=_array_of(table.c[c])) for c in columns)
+    return func.unnest(*arrays).table_valued(*columns).render_derived()
 
 
 def _numbers_from_arrays() -> Insert:
-    rows = (
-        func.unnest(*(bindparam(f"new_{c}", type_=_array_of(c)) for c in _NEW_VARYING))
-        .table_valued(*_NEW_VARYING)
-        .render_derived()
-    )
+    rows = _unnested(numbers, _NEW_VARYING, "new_")
     at = bindparam("new_at", type_=UTCDateTime())
     return (
         insert(numbers)
@@ -197,15 +201,7 @@ def _numbers_from_arrays() -> Insert:
 
 
 def _events_from_arrays() -> Insert:
-    rows = (
-        func.unnest(
-            bindparam("event_number_ids", type_=ARRAY(Integer())),
-            bindparam("event_kinds", type_=ARRAY(String())),
-            bindparam("event_details", type_=ARRAY(Text())),
-        )
-        .table_valued("number_id", "event", "detail")
-        .render_derived()
-    )
+    rows = _unnested(number_events, ("number_id", "event", "detail"), "event_")
     return insert(number_events).from_select(
         ["number_id", "run_id", "occurred_at", "event", "detail"],
         select(
@@ -404,9 +400,9 @@ def _insert_events(
         conn.execute(
             from_arrays,
             {
-                "event_number_ids": [ids[e.number] for e in events],
-                "event_kinds": [e.event for e in events],
-                "event_details": [e.detail for e in events],
+                "event_number_id": [ids[e.number] for e in events],
+                "event_event": [e.event for e in events],
+                "event_detail": [e.detail for e in events],
                 "event_run_id": run_id,
                 "event_at": at,
             },
