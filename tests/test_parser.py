@@ -110,6 +110,9 @@ def test_unknown_channels_and_types_are_kept() -> None:
         ({"id": ""}, "id '' is empty"),
         ({"id": "i" * 65}, "is longer than 64 characters"),
         ({"id": 17}, "id 17 is not a string"),
+        ({"id": "a\x00b"}, "contains control characters or lone surrogates"),
+        ({"id": "a\ud800b"}, "contains control characters or lone surrogates"),
+        ({"backOrderStockId": "b\udfff"}, "contains control characters or lone surrogates"),
         ({"capabilities": []}, "capabilities [] is not an object"),
         ({"capabilities": {"Voice": {"inbound": True, "outbound": True}}}, "channel 'Voice'"),
         ({"capabilities": {"sms": True}}, "capabilities.sms True is not {inbound, outbound}"),
@@ -284,7 +287,7 @@ ITEM_EDGES: dict[str, st.SearchStrategy[Any]] = {
             *("+1234567890123456", " +31612345678", "+3161234567\n"),
         ]
     ),
-    "id": st.sampled_from(["x", " ", "", "a" * 64, "a" * 65, "a\x00b", "an id "]) | st.integers(),
+    "id": st.sampled_from(["x", " ", "", "a" * 64, "a" * 65, "a\x00b", "a\ud800", "an id "]) | st.integers(),
     "countryCode": st.sampled_from(["NL", "nl", "XX", "NLD", "", "US"]),
     "type": st.sampled_from(
         [

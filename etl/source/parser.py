@@ -32,7 +32,9 @@ COUNTRY_RE = re.compile(r"[A-Z]{2}")
 CURRENCY_RE = re.compile(r"[A-Z]{3}")
 TYPE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 CHANNEL_RE = re.compile(r"[a-z0-9_]{1,32}")
-PRINTABLE_RE = re.compile(r"[^\x00-\x1f\x7f]+")
+# Text a database can store: no control characters, and no lone surrogates (JSON can carry
+# "\ud800", which no database driver can encode: it would fail the whole page).
+PRINTABLE_RE = re.compile(r"[^\x00-\x1f\x7f\ud800-\udfff]+")
 
 
 _MISSING: Any = object()  # a field that is not in the item at all
@@ -88,7 +90,7 @@ def _string(item: dict[str, Any], field: str, problems: _Problems, limit: int) -
     elif len(value) > limit:
         problems.add(field, value, f"is longer than {limit} characters")
     elif not PRINTABLE_RE.fullmatch(value):
-        problems.add(field, value, "contains control characters")
+        problems.add(field, value, "contains control characters or lone surrogates")
     else:
         return value
     return None
