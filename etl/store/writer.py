@@ -12,6 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 from sqlalchemy import (
     Column,
     ColumnElement,
@@ -34,7 +35,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.sql.selectable import TableValuedAlias
+from sqlalchemy.sql.selectable import FromClause
 from sqlalchemy.types import Integer, Numeric, String, TypeDecorator
 
 from etl.records import Page, Rejection, Scope, StockItem
@@ -62,17 +63,19 @@ from etl.store.schema import (
 from etl.store.types import Money, UTCDateTime
 
 MAX_PAYLOAD_CHARS = 16000
+_JSON = msgspec.json.Encoder()
 _UPDATE_COLUMNS = (*TRACKED_FIELDS, "monthly_price", "currency", "price_amount", "price_exponent")
 
 
 class _ListParam(TypeDecorator[list[Any]]):
-    """A list bound as one JSON text, for SQLite's ``json_each``."""
+    """A list bound as one JSON text, for SQLite's ``json_each``. Its items may be rows (lists
+    of values); a Decimal goes as its ``str``, as ``Money`` binds it on SQLite."""
 
     impl = String
     cache_ok = True
 
     def process_bind_param(self, value: list[Any] | None, dialect: Dialect) -> str | None:
-        return None if value is None else json.dumps(value)
+        return None if value is None else _JSON.encode(value).decode()
 
 
 def in_list(column: ColumnElement[Any], name: str, dialect: str) -> ColumnElement[bool]:
@@ -101,11 +104,11 @@ class _PageStatements:
     # The read that marks the page's numbers seen as it reads them (UPDATE ... RETURNING,
     # where the database has it; MySQL and MariaDB do not): a statement fewer a page.
     seen_read: Update | None
-    # PostgreSQL: a page's new numbers (returning their ids) and its events, each in one
-    # INSERT ... SELECT from arrays. An executemany is a statement a row on the server: a
-    # first sync's 99 events and 99 numbers a page were its two costliest statements.
-    new_numbers: Insert | None
-    events: Insert | None
+    # A page's new numbers (returning their ids) and its events, each in one INSERT ...
+    # SELECT of rows bound at once (see _RowsInsert), where the database can: PostgreSQL,
+    # and SQLite (new numbers only from 3.35, which has RETURNING).
+    new_numbers: _RowsInsert | None
+    events: _RowsInsert | None
 
 
 @functools.cache
@@ -136,8 +139,10 @@ def _statements(dialect: Dialect) -> _PageStatements:
         .returning(*stored)
         if dialect.update_returning
         else None,
-        new_numbers=_numbers_from_arrays() if name == "postgresql" else None,
-        events=_events_from_arrays() if name == "postgresql" else None,
+        new_numbers=_numbers_from_rows(name)
+        if name == "postgresql" or (name == "sqlite" and dialect.insert_returning)
+        else None,
+        events=_events_from_rows(name) if name in ("postgresql", "sqlite") else None,
     )
 
 
@@ -164,6 +169,29 @@ def _new_varying(item: StockItem) -> tuple[Any, ...]:
     )
 
 
+@dataclass(frozen=True)
+class _RowsInsert:
+    """An INSERT ... SELECT of many rows bound in one go: on PostgreSQL as one array per
+    column (``unnest``), on SQLite as one JSON list of rows (``json_each``). An executemany
+    is a statement a row on PostgreSQL's server, and on SQLite SQLAlchemy processes every
+    row's parameters in Python: for a first sync's 99 new numbers and 99 events a page,
+    those were the two costliest parts of a page on either database."""
+
+    statement: Insert
+    columns: tuple[str, ...]
+    prefix: str
+    by_column: bool
+
+    def params(self, rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
+        """The parameters that carry ``rows`` (tuples in ``columns`` order, at least one)."""
+        if self.by_column:
+            by_column = zip(*rows, strict=True)
+            return {
+                f"{self.prefix}{c}": list(v) for c, v in zip(self.columns, by_column, strict=True)
+            }
+        return {f"{self.prefix}rows": rows}
+
+
 def _array_of(column: Column[Any]) -> ARRAY[Any]:
     """The array type a column's values go in. Strings and decimals without a length or
     scale: a cast to ``varchar(n)`` would cut a longer value short without an error, where
@@ -175,16 +203,32 @@ def _array_of(column: Column[Any]) -> ARRAY[Any]:
     return ARRAY(column.type)
 
 
-def _unnested(table: Table, columns: Sequence[str], prefix: str) -> TableValuedAlias:
-    """Rows made of arrays, one per column, bound as ``prefix`` + the column's name."""
-    arrays = (bindparam(f"{prefix}{c}", type_=_array_of(table.c[c])) for c in columns)
-    return func.unnest(*arrays).table_valued(*columns).render_derived()
+def _rows(dialect: str, table: Table, columns: Sequence[str], prefix: str) -> FromClause:
+    """The rows of a _RowsInsert as a FROM clause with one column per name in ``columns``.
 
-
-def _numbers_from_arrays() -> Insert:
-    rows = _unnested(numbers, _NEW_VARYING, "new_")
-    at = bindparam("new_at", type_=UTCDateTime())
+    SQLite: each value comes out of the JSON as the same SQL value its binding would give
+    (text, integer, NULL; true/false as 1/0, as SQLAlchemy binds booleans; a Decimal as
+    its text, which the column's numeric affinity converts as it converts a bound one)."""
+    if dialect == "postgresql":
+        arrays = (bindparam(f"{prefix}{c}", type_=_array_of(table.c[c])) for c in columns)
+        return func.unnest(*arrays).table_valued(*columns).render_derived()
+    each = func.json_each(bindparam(f"{prefix}rows", type_=_ListParam())).table_valued("value")
     return (
+        select(
+            *(
+                func.json_extract(each.c.value, literal_column(f"'$[{i}]'")).label(c)
+                for i, c in enumerate(columns)
+            )
+        )
+        .select_from(each)
+        .subquery()
+    )
+
+
+def _numbers_from_rows(dialect: str) -> _RowsInsert:
+    rows = _rows(dialect, numbers, _NEW_VARYING, "new_")
+    at = bindparam("new_at", type_=UTCDateTime())
+    statement = (
         insert(numbers)
         .from_select(
             [*_NEW_VARYING, "first_seen_at", "last_seen_at", "last_seen_run_id", "missed_runs"],
@@ -198,11 +242,15 @@ def _numbers_from_arrays() -> Insert:
         )
         .returning(numbers.c.number, numbers.c.id)
     )
+    return _RowsInsert(statement, _NEW_VARYING, "new_", dialect == "postgresql")
 
 
-def _events_from_arrays() -> Insert:
-    rows = _unnested(number_events, ("number_id", "event", "detail"), "event_")
-    return insert(number_events).from_select(
+_EVENT_VARYING = ("number_id", "event", "detail")
+
+
+def _events_from_rows(dialect: str) -> _RowsInsert:
+    rows = _rows(dialect, number_events, _EVENT_VARYING, "event_")
+    statement = insert(number_events).from_select(
         ["number_id", "run_id", "occurred_at", "event", "detail"],
         select(
             rows.c.number_id,
@@ -212,6 +260,7 @@ def _events_from_arrays() -> Insert:
             rows.c.detail,
         ),
     )
+    return _RowsInsert(statement, _EVENT_VARYING, "event_", dialect == "postgresql")
 
 
 _UPDATE = (
@@ -235,7 +284,6 @@ _COUNT_PAGE = (
     .values({name: sync_scopes.c[name] + bindparam(f"add_{name}") for name in _COUNTERS})
 )
 _INSERT_NUMBERS = insert(numbers)
-_INSERT_RETURNING = insert(numbers).returning(numbers.c.number, numbers.c.id)
 _INSERT_EVENTS = insert(number_events)
 _INSERT_PRICE_CHANGES = insert(price_changes)
 
@@ -361,14 +409,11 @@ def _insert_new(
     if not changes.new:
         return {}
     dialect = conn.dialect
-    from_arrays = _statements(dialect).new_numbers
-    if from_arrays is not None:
-        columns = zip(*(_new_varying(item) for item in changes.new), strict=True)
-        params: dict[str, Any] = {
-            f"new_{c}": list(values) for c, values in zip(_NEW_VARYING, columns, strict=True)
-        }
+    from_rows = _statements(dialect).new_numbers
+    if from_rows is not None:
+        params = from_rows.params([_new_varying(item) for item in changes.new])
         params.update(new_at=at, new_run_id=run_id)
-        return dict(conn.execute(from_arrays, params).all())
+        return dict(conn.execute(from_rows.statement, params).all())
     rows = [
         {
             "number": item.number,
@@ -383,10 +428,6 @@ def _insert_new(
         }
         for item in changes.new
     ]
-    if dialect.insert_executemany_returning:
-        # SQLite: the ids come back from the insert itself (SQLAlchemy sends it as multi-row
-        # INSERTs), a statement fewer than the executemany and the query MySQL needs.
-        return dict(conn.execute(_INSERT_RETURNING, rows).all())
     conn.execute(_INSERT_NUMBERS, rows)
     ids = conn.execute(_statements(dialect).ids, {"new_numbers": [i.number for i in changes.new]})
     return dict(ids.all())
@@ -395,18 +436,11 @@ def _insert_new(
 def _insert_events(
     conn: Connection, events: Sequence[Event], ids: dict[str, int], run_id: int, at: datetime
 ) -> None:
-    from_arrays = _statements(conn.dialect).events
-    if from_arrays is not None:
-        conn.execute(
-            from_arrays,
-            {
-                "event_number_id": [ids[e.number] for e in events],
-                "event_event": [e.event for e in events],
-                "event_detail": [e.detail for e in events],
-                "event_run_id": run_id,
-                "event_at": at,
-            },
-        )
+    from_rows = _statements(conn.dialect).events
+    if from_rows is not None:
+        params = from_rows.params([(ids[e.number], e.event, e.detail) for e in events])
+        params.update(event_run_id=run_id, event_at=at)
+        conn.execute(from_rows.statement, params)
         return
     conn.execute(
         _INSERT_EVENTS,
