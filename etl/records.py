@@ -10,6 +10,17 @@ from typing import Any
 # Capability channels Bird documents; others (``whatsapp`` ...) are kept too.
 KNOWN_CHANNELS = ("voice", "sms", "mms")
 DIRECTIONS = ("inbound", "outbound")
+# The channels with columns of their own: the ones Bird documents, plus WhatsApp, which it
+# has started to list. Any other channel lands in ``other_capabilities``: the names of its
+# directions that are on, comma-separated, at most OTHER_CAPABILITIES_CHARS characters.
+CAPABILITY_COLUMNS = tuple(
+    f"{channel}_{direction}"
+    for channel in (*KNOWN_CHANNELS, "whatsapp")
+    for direction in DIRECTIONS
+)
+OTHER_CAPABILITIES_CHARS = 512
+# Bird's ids (a stock item's, a back order's): the longest a column holds.
+ID_CHARS = 64
 NUMBER_TYPES = ("local", "national", "mobile", "toll-free")
 
 

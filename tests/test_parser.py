@@ -134,7 +134,12 @@ def test_unknown_channels_and_types_are_kept() -> None:
         ({"monthlyPrice": {"currencyCode": "EUR", "amount": 1}}, "exponent is missing"),
         ({"backOrderRequired": "no"}, "backOrderRequired 'no' is not true or false"),
         ({"backOrderStockId": 5}, "backOrderStockId 5 is not a string"),
-        ({"backOrderStockId": "b" * 257}, "longer than 256 characters"),
+        ({"backOrderStockId": "b" * 65}, "longer than 64 characters"),
+        (
+            {"capabilities": {f"{c}" * 32: {"inbound": True, "outbound": True} for c in "abcdefg"}},
+            "more other channels on than fit in other_capabilities (580 characters of names, "
+            "at most 512)",
+        ),
     ],
 )
 def test_rejection_reasons(changes: dict[str, Any], reason: str) -> None:
@@ -287,7 +292,8 @@ ITEM_EDGES: dict[str, st.SearchStrategy[Any]] = {
             *("+1234567890123456", " +31612345678", "+3161234567\n"),
         ]
     ),
-    "id": st.sampled_from(["x", " ", "", "a" * 64, "a" * 65, "a\x00b", "a\ud800", "an id "]) | st.integers(),
+    "id": st.sampled_from(["x", " ", "", "a" * 64, "a" * 65, "a\x00b", "a\ud800", "an id "])
+    | st.integers(),
     "countryCode": st.sampled_from(["NL", "nl", "XX", "NLD", "", "US"]),
     "type": st.sampled_from(
         [

@@ -14,7 +14,10 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from etl.errors import LockHeld, SchemaOutOfDate
+from etl.records import StockItem
 from etl.simulator import Simulator, SyntheticStock
+from etl.source.parser import parse_item
+from etl.store.diff import attribute_values, price_values
 from etl.store.lock import DatabaseLock
 from etl.store.schema import (
     availability_snapshots,
@@ -365,3 +368,86 @@ def test_pages_commit_without_waiting_for_the_disk_and_closes_do(
     with engine.connect() as conn:  # the pool's one connection, as the scopes left it
         assert conn.execute(text("SHOW synchronous_commit")).scalar_one() == "on"
     engine.dispose()
+
+
+def edge_items() -> list[dict[str, Any]]:
+    """Valid items at the edges of what each column holds: the longest strings, text that
+    JSON and SQL both escape, the largest and smallest prices, unknown channels."""
+    base: dict[str, Any] = {
+        "countryCode": "US",
+        "type": "mobile",
+        "capabilities": {"voice": {"inbound": True, "outbound": False}},
+        "monthlyPrice": {"currencyCode": "USD", "amount": 1, "exponent": 0},
+        "backOrderRequired": False,
+        "backOrderStockId": None,
+    }
+    return [
+        {
+            **base,
+            "numberString": "+12125550101",
+            "id": "é\"'\\ ñ 😀 " + "x" * 54,  # 64 characters
+            "backOrderRequired": True,
+            "backOrderStockId": "b" * 63 + "€",
+        },
+        {
+            **base,
+            "numberString": "+12125550102",
+            "id": "max-price",
+            "monthlyPrice": {"currencyCode": "USD", "amount": 10**18 - 1, "exponent": -12},
+        },
+        {
+            **base,
+            "numberString": "+12125550103",
+            "id": "tiny-price",
+            "type": "toll-free",
+            "monthlyPrice": {"currencyCode": "JPY", "amount": 1, "exponent": -12},
+        },
+        {
+            **base,
+            "numberString": "+12125550104",
+            "id": "unknown-channels",
+            "type": "x" * 32,
+            "capabilities": {
+                "whatsapp": {"inbound": False, "outbound": True},
+                "rcs": {"inbound": True, "outbound": False},
+                "fax_2": {"inbound": True, "outbound": True},
+            },
+            "monthlyPrice": {"currencyCode": "EUR", "amount": 0, "exponent": 2},
+        },
+        {
+            **base,
+            "numberString": "+12125550105",
+            "id": "the-most-other-channels",
+            # six channels of the longest names, all on: 497 of other_capabilities' 512
+            "capabilities": {c * 32: {"inbound": True, "outbound": True} for c in "abcdef"},
+            "monthlyPrice": {"currencyCode": "EUR", "amount": 0, "exponent": 2},
+        },
+    ]
+
+
+def test_every_value_is_stored_exactly(
+    simulator: Simulator, stock: SyntheticStock, db_url: str, engine: Engine
+) -> None:
+    """What the parser read is what the database holds, column by column, on every database
+    and however the page's new numbers were inserted (arrays, JSON rows, executemany)."""
+    items = edge_items()
+    for item in items:
+        stock.put(item)
+    result = sync(simulator, db_url)
+    assert result.status == "succeeded"
+    assert result.total("rejected") == 0
+    for raw in items:
+        parsed = parse_item(raw)
+        assert isinstance(parsed, StockItem)
+        stored = row(engine, parsed.number)
+        expected = attribute_values(parsed) | price_values(parsed.price)
+        monthly = expected.pop("monthly_price")
+        assert {k: getattr(stored, k) for k in expected} == expected
+        if engine.dialect.name == "sqlite":  # a REAL there: the exact price is amount/exponent
+            assert float(stored.monthly_price) == float(monthly)
+        else:
+            assert stored.monthly_price == monthly
+    assert row(engine, "+12125550104").other_capabilities == (
+        "fax_2_inbound,fax_2_outbound,rcs_inbound"
+    )
+    assert len(row(engine, "+12125550105").other_capabilities) == 497

@@ -12,12 +12,24 @@ from typing import Any
 
 import pycountry
 
-from etl.records import DIRECTIONS, Price, Rejection, StockItem
+from etl.records import (
+    CAPABILITY_COLUMNS,
+    DIRECTIONS,
+    ID_CHARS,
+    OTHER_CAPABILITIES_CHARS,
+    Price,
+    Rejection,
+    StockItem,
+)
 
-MAX_STRING = 256
-MAX_ID = 64
+MAX_ID = ID_CHARS  # an item's id and its back order's
 MAX_TYPE = 32
 MAX_CHANNELS = 32
+MAX_CHANNEL_NAME = 32
+# Up to this many channels, their names cannot outgrow other_capabilities (each channel adds
+# at most two names of MAX_CHANNEL_NAME + len("_outbound") characters, and two commas): the
+# fast path takes no more, and the full check measures the names.
+_FAST_CHANNELS = (OTHER_CAPABILITIES_CHARS + 1) // (2 * (MAX_CHANNEL_NAME + len("_outbound") + 1))
 MAX_AMOUNT = 10**18
 MIN_EXPONENT, MAX_EXPONENT = -12, 2
 MAX_PRICE = Decimal(10**12)
@@ -31,7 +43,7 @@ E164_RE = re.compile(r"\+[1-9][0-9]{7,14}")
 COUNTRY_RE = re.compile(r"[A-Z]{2}")
 CURRENCY_RE = re.compile(r"[A-Z]{3}")
 TYPE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
-CHANNEL_RE = re.compile(r"[a-z0-9_]{1,32}")
+CHANNEL_RE = re.compile(rf"[a-z0-9_]{{1,{MAX_CHANNEL_NAME}}}")
 # Text a database can store: no control characters, and no lone surrogates (JSON can carry
 # "\ud800", which no database driver can encode: it would fail the whole page).
 PRINTABLE_RE = re.compile(r"[^\x00-\x1f\x7f\ud800-\udfff]+")
@@ -157,6 +169,16 @@ def _capabilities(item: dict[str, Any], problems: _Problems) -> tuple[tuple[str,
             else:
                 problems.add(f"capabilities.{channel}.{direction}", flag, "is not true or false")
     flags.sort()
+    other = [name for name, on in flags if on and name not in CAPABILITY_COLUMNS]
+    chars = sum(map(len, other)) + len(other) - 1 if other else 0
+    if chars > OTHER_CAPABILITIES_CHARS:
+        problems.add(
+            "capabilities",
+            value,
+            f"has more other channels on than fit in other_capabilities ({chars} characters "
+            f"of names, at most {OTHER_CAPABILITIES_CHARS})",
+        )
+        return ()
     return tuple(flags)
 
 
@@ -203,7 +225,7 @@ def _back_order(item: dict[str, Any], problems: _Problems) -> tuple[bool, str | 
     if stock_id == "":  # no back-order stock, written as an empty string
         stock_id = None
     elif stock_id is not None:
-        stock_id = _string(item, "backOrderStockId", problems, MAX_STRING)
+        stock_id = _string(item, "backOrderStockId", problems, MAX_ID)
     return required is True, stock_id
 
 
@@ -267,7 +289,7 @@ def _fast(raw: Any) -> StockItem | None:
     if number_type is None:
         return None
     capabilities = get("capabilities")
-    if type(capabilities) is not dict or len(capabilities) > MAX_CHANNELS:
+    if type(capabilities) is not dict or len(capabilities) > _FAST_CHANNELS:
         return None
     flags: list[tuple[str, bool]] = []
     for channel, directions in capabilities.items():
@@ -306,7 +328,7 @@ def _fast(raw: Any) -> StockItem | None:
         stock_id = None
     elif stock_id is not None and (
         type(stock_id) is not str
-        or len(stock_id) > MAX_STRING
+        or len(stock_id) > MAX_ID
         or not stock_id.strip()
         or not PRINTABLE_RE.fullmatch(stock_id)
     ):

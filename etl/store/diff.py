@@ -11,8 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from etl.records import Price, StockItem
-from etl.store.schema import CAPABILITY_COLUMNS
+from etl.records import CAPABILITY_COLUMNS, Price, StockItem
 
 # Attributes whose change is a `changed` event (the price has its own table).
 TRACKED_FIELDS = (

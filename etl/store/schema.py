@@ -21,6 +21,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from etl.records import CAPABILITY_COLUMNS, ID_CHARS, OTHER_CAPABILITIES_CHARS
 from etl.store.types import Money, UTCDateTime
 
 NAMING = {
@@ -36,13 +37,6 @@ MYSQL: dict[str, Any] = {
     "mysql_collate": "utf8mb4_bin",
 }
 
-# Capability columns: the channels Bird documents, plus WhatsApp, which it has started to
-# list. Any other channel lands in ``other_capabilities`` (comma-separated names that are on).
-CAPABILITY_COLUMNS = tuple(
-    f"{channel}_{direction}"
-    for channel in ("voice", "sms", "mms", "whatsapp")
-    for direction in ("inbound", "outbound")
-)
 
 sync_runs = Table(
     "sync_runs",
@@ -102,17 +96,17 @@ numbers = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("number", String(20), nullable=False),
-    Column("stock_item_id", String(64), nullable=False),
+    Column("stock_item_id", String(ID_CHARS), nullable=False),
     Column("country_code", String(2), nullable=False),
     Column("number_type", String(32), nullable=False),
     *(Column(name, Boolean, nullable=False, default=False) for name in CAPABILITY_COLUMNS),
-    Column("other_capabilities", String(512)),
+    Column("other_capabilities", String(OTHER_CAPABILITIES_CHARS)),
     Column("monthly_price", Money(), nullable=False),
     Column("currency", String(3), nullable=False),
     Column("price_amount", BigInteger, nullable=False),
     Column("price_exponent", SmallInteger, nullable=False),
     Column("back_order_required", Boolean, nullable=False, default=False),
-    Column("back_order_stock_id", String(64)),
+    Column("back_order_stock_id", String(ID_CHARS)),
     Column("first_seen_at", UTCDateTime(), nullable=False),
     Column("last_seen_at", UTCDateTime(), nullable=False),
     Column("removed_at", UTCDateTime()),
