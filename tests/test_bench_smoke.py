@@ -80,3 +80,18 @@ def test_readme_bench_command_lines_parse() -> None:
         args = bench.parse_args(words[2:])
         assert args.size > 0
         assert set(args.databases) <= {"sqlite", "postgresql"}
+
+
+def test_sqlite_inserts_bench_runs_end_to_end() -> None:
+    """bench/sqlite_inserts.py at three pages: every form stores every row (it checks)."""
+    script = BENCH.with_name("sqlite_inserts.py")
+    process = subprocess.run(
+        [sys.executable, str(script), "--pages", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "297 numbers in 3 pages" in process.stdout
+    assert len(re.findall(r"^\| .* \| [\d.]+ \| \d+ \|$", process.stdout, re.MULTILINE)) == 4
