@@ -136,7 +136,7 @@ def test_unknown_channels_and_types_are_kept() -> None:
         ({"backOrderStockId": 5}, "backOrderStockId 5 is not a string"),
         ({"backOrderStockId": "b" * 65}, "longer than 64 characters"),
         (
-            {"capabilities": {f"{c}" * 32: {"inbound": True, "outbound": True} for c in "abcdefg"}},
+            {"capabilities": {c * 32: {"inbound": True, "outbound": True} for c in "abcdefg"}},
             "more other channels on than fit in other_capabilities (580 characters of names, "
             "at most 512)",
         ),

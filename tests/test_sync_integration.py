@@ -385,7 +385,7 @@ def edge_items() -> list[dict[str, Any]]:
         {
             **base,
             "numberString": "+12125550101",
-            "id": "é\"'\\ ñ 😀 " + "x" * 54,  # 64 characters
+            "id": "é\"'\\ ñ 😀 " + "x" * 55,  # 64 characters
             "backOrderRequired": True,
             "backOrderStockId": "b" * 63 + "€",
         },
