@@ -39,7 +39,7 @@ from etl.source.parser import parse_item  # noqa: E402
 from etl.store.engine import make_engine  # noqa: E402
 from etl.store.schema import numbers  # noqa: E402
 from etl.store.types import UTCDateTime  # noqa: E402
-from etl.store.writer import _NEW_VARYING, _new_varying, _statements  # noqa: E402
+from etl.store.writer import _NEW_VARYING, _ListParam, _new_varying, _statements  # noqa: E402
 
 PAGE = 99
 COLUMNS = (*_NEW_VARYING, "first_seen_at", "last_seen_at", "last_seen_run_id", "missed_runs")
@@ -97,8 +97,6 @@ def run_executemany(path: Path, pages: list[list[StockItem]], at: str) -> None:
 
 
 def run_json(path: Path, pages: list[list[StockItem]], at: str) -> None:
-    from etl.store.writer import _ListParam
-
     conn = bare(path)
     extract = ",".join(f"json_extract(value, '$[{i}]')" for i in range(len(_NEW_VARYING)))
     sql = (
@@ -106,8 +104,9 @@ def run_json(path: Path, pages: list[list[StockItem]], at: str) -> None:
         "FROM json_each(?) RETURNING number, id"
     )
     encode = _ListParam().process_bind_param
+    dialect = sqlite3_dialect()
     for page in pages:
-        rows = encode([_new_varying(item) for item in page], sqlite3_dialect())
+        rows = encode([_new_varying(item) for item in page], dialect)
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(sql, (at, at, 1, rows)).fetchall()
         conn.execute("COMMIT")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -19,6 +20,14 @@ CAPABILITY_COLUMNS = tuple(
     for direction in DIRECTIONS
 )
 OTHER_CAPABILITIES_CHARS = 512
+
+
+def other_capabilities(flags: Iterable[tuple[str, bool]]) -> str | None:
+    """The ``other_capabilities`` value of capability flags (name, on): the names that are
+    on and have no column of their own, sorted and comma-separated; None when there are none."""
+    return ",".join(sorted(n for n, on in flags if on and n not in CAPABILITY_COLUMNS)) or None
+
+
 # Bird's ids (a stock item's, a back order's): the longest a column holds.
 ID_CHARS = 64
 NUMBER_TYPES = ("local", "national", "mobile", "toll-free")

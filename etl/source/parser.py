@@ -13,13 +13,13 @@ from typing import Any
 import pycountry
 
 from etl.records import (
-    CAPABILITY_COLUMNS,
     DIRECTIONS,
     ID_CHARS,
     OTHER_CAPABILITIES_CHARS,
     Price,
     Rejection,
     StockItem,
+    other_capabilities,
 )
 
 MAX_ID = ID_CHARS  # an item's id and its back order's
@@ -169,8 +169,7 @@ def _capabilities(item: dict[str, Any], problems: _Problems) -> tuple[tuple[str,
             else:
                 problems.add(f"capabilities.{channel}.{direction}", flag, "is not true or false")
     flags.sort()
-    other = [name for name, on in flags if on and name not in CAPABILITY_COLUMNS]
-    chars = sum(map(len, other)) + len(other) - 1 if other else 0
+    chars = len(other_capabilities(flags) or "")
     if chars > OTHER_CAPABILITIES_CHARS:
         problems.add(
             "capabilities",

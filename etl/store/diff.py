@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from etl.records import CAPABILITY_COLUMNS, Price, StockItem
+from etl.records import CAPABILITY_COLUMNS, Price, StockItem, other_capabilities
 
 # Attributes whose change is a `changed` event (the price has its own table).
 TRACKED_FIELDS = (
@@ -54,10 +54,9 @@ def capability_values(capabilities: tuple[tuple[str, bool], ...]) -> tuple[Any, 
     """The capability columns of ``capabilities``, then ``other_capabilities``. A listing
     has a handful of distinct capability sets, so this is almost always a cache hit."""
     caps = dict(capabilities)
-    other = sorted(name for name, on in caps.items() if on and name not in CAPABILITY_COLUMNS)
     return (
         *(bool(caps.get(column, False)) for column in CAPABILITY_COLUMNS),
-        ",".join(other) or None,
+        other_capabilities(caps.items()),
     )
 
 
