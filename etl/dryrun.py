@@ -200,6 +200,7 @@ def _scope(
         would_remove=len(due),
         max_fraction=settings.max_removal_fraction,
         accepted=False,
+        missed=len(missed),
     )
     if not decision.proceed:
         report.status, report.error = "held", decision.reason

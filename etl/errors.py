@@ -56,5 +56,9 @@ class LockHeld(EtlError):
     """Another sync holds the database lock (exit 75)."""
 
 
+class LockLost(EtlError):
+    """This run's lock expired and another process took it: the run must not close."""
+
+
 class Interrupted(EtlError):
     """SIGTERM or Ctrl-C asked the run to stop."""

@@ -20,6 +20,7 @@ from etl.errors import (
     AuthError,
     DatabaseError,
     Interrupted,
+    LockLost,
     SourceError,
 )
 from etl.records import Page, Rejection, Scope
@@ -27,7 +28,7 @@ from etl.store import runs
 from etl.store.engine import async_commits, begin_write, make_engine, write_transaction
 from etl.store.lock import DatabaseLock
 from etl.store.migrate import check_schema
-from etl.store.writer import PageCounts, apply_page, close_scope
+from etl.store.writer import PageCounts, ScopeClose, apply_page, close_scope
 
 if TYPE_CHECKING:
     from etl.source.client import BirdClient
@@ -107,9 +108,18 @@ PageSource = Callable[[Scope], Iterable[Page]]
 
 
 def _is_transient(exc: DBAPIError) -> bool:
-    """Deadlocks and serialization failures: the whole page transaction can be retried."""
-    code = getattr(exc.orig, "sqlstate", None) or (getattr(exc.orig, "args", None) or [None])[0]
-    return exc.connection_invalidated or code in ("40001", "40P01", 1213, 1205)
+    """Deadlocks and serialization failures: the whole page transaction can be retried. So
+    can a number inserted twice at once, by two countries whose listings both have it (each
+    read it as new): on the retry it is stored, and the page updates it instead."""
+    sqlstate = getattr(exc.orig, "sqlstate", None)  # psycopg; PyMySQL's is its class
+    errno = (getattr(exc.orig, "args", None) or [None])[0]  # MySQL/MariaDB's error number
+    if sqlstate == "23505" or errno == 1062:
+        return "uq_numbers_number" in str(exc.orig)
+    return (
+        exc.connection_invalidated
+        or sqlstate in ("40001", "40P01")
+        or errno in (1213, 1205)  # deadlock, lock wait timeout
+    )
 
 
 def in_transaction(
@@ -159,6 +169,9 @@ class Sync:
         self._client = client
         self._page_source = page_source
         self._auth_error: AuthError | None = None
+        self._lock_lost = False
+        # why the run stops early when it is not a signal (set before `stop`)
+        self._stop_reason: str | None = None
 
     def _make_client(self) -> BirdClient:
         from etl.source.client import BirdClient, ClientStats
@@ -214,10 +227,20 @@ class Sync:
         lock = DatabaseLock(self.engine, ttl=self.settings.lock_ttl_seconds)
         lock.acquire()
         try:
-            lock.keep_alive(on_lost=self.stop.set)
+            lock.keep_alive(on_lost=self._on_lock_lost)
             return self._locked_run(lock)
         finally:
             lock.release()
+
+    def _halt(self, reason: str) -> None:
+        """Stop the other scopes after their page in flight, saying why."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self.stop.set()
+
+    def _on_lock_lost(self) -> None:
+        self._lock_lost = True
+        self._halt("stopped: the sync lock was lost to another sync")
 
     def _locked_run(self, lock: DatabaseLock) -> RunResult:
         started = utcnow()
@@ -234,12 +257,16 @@ class Sync:
         log.info("run %d started: %s", run_id, ", ".join(s.key for s in self.scopes))
         workers = max(1, min(self.settings.concurrency, len(self.scopes)))
         with ThreadPoolExecutor(workers, thread_name_prefix="scope") as pool:
-            result.scopes = list(
+            # Every scope is paged before any closes: a number that moved from one scope
+            # to another (its country changed) is then seen in this run by whichever scope
+            # lists it now, and no scope counts it as missed, whatever their order.
+            paged = list(
                 pool.map(
                     lambda pair: self._sync_scope(run_id, *pair),
                     zip(self.scopes, scope_ids, strict=True),
                 )
             )
+            result.scopes = list(pool.map(lambda p: self._close(run_id, lock, p), paged))
         result.status, result.error = self._run_status(result.scopes)
         result.auth_failed = self._auth_error is not None
         result.finished_at = utcnow()
@@ -263,6 +290,8 @@ class Sync:
         error = "; ".join(errors) or None
         if self._auth_error is not None:
             return "failed", str(self._auth_error)
+        if self._lock_lost:
+            return "failed", error
         if any(s.status == "aborted" for s in scopes):
             return "aborted", error or "stopped by a signal"
         if all(s.status == "complete" for s in scopes):
@@ -271,37 +300,43 @@ class Sync:
             return "failed", error
         return "partial", error
 
-    def _sync_scope(self, run_id: int, scope: Scope, row_id: int) -> ScopeResult:
+    def _sync_scope(self, run_id: int, scope: Scope, row_id: int) -> _Paged:
+        """Page ``scope`` to its end; a scope that could not be is finished here."""
         result = ScopeResult(scope)
         try:
             if self.stop.is_set():
                 raise Interrupted("stopped before the scope started")
             with self.engine.connect() as conn, async_commits(conn):
-                return self._page_and_close(run_id, scope, row_id, conn, result)
+                return self._page(run_id, scope, row_id, conn, result)
         except Interrupted:
-            result.status, result.error = "aborted", "stopped by a signal; nothing removed"
+            reason = self._stop_reason or "stopped by a signal"
+            result.status, result.error = "aborted", f"{reason}; nothing removed"
         except AuthError as exc:
             self._auth_error = exc
-            self.stop.set()  # the other scopes would fail the same way
+            # the other scopes would fail the same way
+            self._halt("stopped: Bird refused the access key or organization")
             result.status, result.error = "failed", str(exc)
         except SourceError as exc:
             result.status, result.error = "failed", f"{exc}; nothing removed"
         except SQLAlchemyError as exc:
             result.status, result.error = "failed", f"database error: {_db_message(exc)}"
-        log.warning("scope %s %s: %s", scope.key, result.status, result.error)
+        self._finish_scope(row_id, result)
+        return _Paged(result, row_id)
+
+    def _finish_scope(self, row_id: int, result: ScopeResult) -> None:
+        log.warning("scope %s %s: %s", result.scope.key, result.status, result.error)
         try:
             in_transaction(
                 self.engine,
                 lambda conn: runs.finish_scope(conn, row_id, result.status, utcnow(), result.error),
             )
         except SQLAlchemyError:
-            log.exception("could not record the end of scope %s", scope.key)
-        return result
+            log.exception("could not record the end of scope %s", result.scope.key)
 
-    def _page_and_close(
+    def _page(
         self, run_id: int, scope: Scope, row_id: int, conn: Connection, result: ScopeResult
-    ) -> ScopeResult:
-        """Every page of ``scope`` in its own transaction on ``conn``, then the close."""
+    ) -> _Paged:
+        """Every page of ``scope`` in its own transaction on ``conn``."""
         unreadable = 0
         last_fetch: datetime | None = None
         assert self._page_source is not None
@@ -320,33 +355,65 @@ class Sync:
                 self.on_page(scope, page, counts)
             if self.stop.is_set() and page.next_page_token is not None:
                 raise Interrupted("stopped after the page in flight")
-        completed_at = last_fetch or utcnow()
-        closed = in_transaction(
-            conn,
-            lambda c: close_scope(
-                c,
+        return _Paged(result, row_id, last_fetch or utcnow(), unreadable)
+
+    def _close(self, run_id: int, lock: DatabaseLock, paged: _Paged) -> ScopeResult:
+        """Close a scope paged to its end: removals, snapshot, status; in one transaction
+        with the lock's refresh, so a run that lost its lock closes nothing."""
+        result, scope = paged.result, paged.result.scope
+        if paged.completed_at is None:
+            return result
+
+        def close(conn: Connection) -> ScopeClose:
+            if not lock.fence(conn):
+                raise LockLost(
+                    "the sync lock expired and another sync took it (was this process "
+                    "paused for longer than lock_ttl_seconds?); nothing removed"
+                )
+            return close_scope(
+                conn,
                 run_id=run_id,
-                scope_row_id=row_id,
+                scope_row_id=paged.row_id,
                 scope=scope,
-                completed_at=completed_at,
+                completed_at=paged.completed_at or utcnow(),
                 confirmations=self.settings.removal_confirmations,
                 max_fraction=self.settings.max_removal_fraction,
                 accepted=scope.country_code in self.accept,
-                removals_allowed=unreadable == 0,
-            ),
-        )
-        result.status, result.removed, result.available = (
-            closed.status,
-            closed.removed,
-            closed.available,
-        )
-        result.error = closed.reason
-        if unreadable:
-            result.error = (
-                f"{unreadable} rejected item(s) had no readable number, so nothing was "
-                "removed in this scope this run"
+                removals_allowed=paged.unreadable == 0,
             )
+
+        try:
+            closed = in_transaction(self.engine, close)
+        except LockLost as exc:
+            result.status, result.error = "failed", str(exc)
+        except SQLAlchemyError as exc:
+            result.status, result.error = "failed", f"database error: {_db_message(exc)}"
+        else:
+            result.status, result.removed, result.available = (
+                closed.status,
+                closed.removed,
+                closed.available,
+            )
+            result.error = closed.reason
+            if paged.unreadable:
+                result.error = (
+                    f"{paged.unreadable} rejected item(s) had no readable number, so nothing "
+                    "was removed in this scope this run"
+                )
+            return result
+        self._finish_scope(paged.row_id, result)
         return result
+
+
+@dataclass
+class _Paged:
+    """A scope after its pages: finished (failed, aborted) or, with ``completed_at`` (when
+    its last page was fetched), listed completely and waiting for its close."""
+
+    result: ScopeResult
+    row_id: int
+    completed_at: datetime | None = None
+    unreadable: int = 0
 
 
 def _confine(page: Page, scope: Scope) -> Page:

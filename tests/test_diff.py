@@ -113,6 +113,45 @@ def test_rejected_number_counts_as_seen_without_other_change() -> None:
     assert changes.updated == []
 
 
+def test_removed_number_seen_only_as_rejected_item_is_relisted() -> None:
+    it = item()
+    changes = diff_page({it.number: stored(it, 4, removed_at=T0)}, [], [it.number, it.number])
+    assert changes.seen_ids == [4]
+    assert [s.id for s in changes.relisted] == [4]
+    assert [(e.number, e.event) for e in changes.events] == [(it.number, "relisted")]
+    assert changes.updated == []  # its stored attributes and price stay as they were
+
+
+def test_guard_holds_an_empty_listing_before_its_removals_are_due() -> None:
+    """removal_confirmations 2: the first empty listing removes nothing yet, but is held."""
+    held = removal_guard(
+        country="NL",
+        available=3,
+        would_remove=0,
+        missed=3,
+        max_fraction=Decimal("0.5"),
+        accepted=False,
+    )
+    assert not held.proceed
+    assert removal_guard(
+        country="NL",
+        available=3,
+        would_remove=0,
+        missed=2,
+        max_fraction=Decimal("0.5"),
+        accepted=False,
+    ).proceed
+    # a max_removal_fraction of 1 turns the guard off, empty listings included
+    assert removal_guard(
+        country="NL",
+        available=3,
+        would_remove=3,
+        missed=3,
+        max_fraction=Decimal(1),
+        accepted=False,
+    ).proceed
+
+
 def test_dedupe_keeps_the_last_item_of_a_number() -> None:
     first, second = item(stock_item_id="a"), item(stock_item_id="b")
     assert dedupe([first, item("+12125550101"), second])[0].stock_item_id == "b"
@@ -125,7 +164,7 @@ def test_guard_holds_an_empty_listing_and_lets_accepted_removals_through() -> No
     )
     assert not held.proceed
     assert held.reason is not None
-    assert "1000 of 1000" in held.reason
+    assert "none of the 1000 available numbers" in held.reason
     assert "--accept-removals US" in held.reason
     assert removal_guard(
         country="US", available=1000, would_remove=1000, max_fraction=half, accepted=True
@@ -133,9 +172,12 @@ def test_guard_holds_an_empty_listing_and_lets_accepted_removals_through() -> No
     assert removal_guard(
         country="US", available=1000, would_remove=500, max_fraction=half, accepted=False
     ).proceed
-    assert not removal_guard(
+    too_many = removal_guard(
         country="US", available=1000, would_remove=501, max_fraction=half, accepted=False
-    ).proceed
+    )
+    assert not too_many.proceed
+    assert too_many.reason is not None
+    assert "would remove 501 of 1000" in too_many.reason
     assert removal_guard(
         country="US", available=0, would_remove=0, max_fraction=half, accepted=False
     ).proceed

@@ -29,7 +29,7 @@ from sqlalchemy import Engine, func, select
 
 from etl.config import Settings
 from etl.errors import SourceError
-from etl.records import Page, Price, Scope, StockItem
+from etl.records import Page, Price, Rejection, Scope, StockItem
 from etl.store import migrate
 from etl.store.engine import make_engine
 from etl.store.schema import number_events, numbers, price_changes
@@ -94,8 +94,9 @@ class ModelNumber:
 class Model:
     """The contract's semantics, written as plainly as possible."""
 
-    def __init__(self, confirmations: int) -> None:
+    def __init__(self, confirmations: int, max_fraction: Decimal = Decimal(1)) -> None:
         self.confirmations = confirmations
+        self.max_fraction = max_fraction
         self.numbers: dict[str, ModelNumber] = {}
         self.price_changes = 0
         self.events: dict[str, int] = {"listed": 0, "removed": 0, "relisted": 0, "changed": 0}
@@ -118,29 +119,70 @@ class Model:
             self.events["changed"] += 1
         known.missed, known.first_missed = 0, None
 
-    def complete(self, seen: set[str], at: datetime) -> None:
-        for number, state in self.numbers.items():
-            if number in seen or state.removed_at is not None:
-                continue
+    def see_rejected(self, number: str, at: datetime) -> None:
+        """An invalid item: its number counts as seen; nothing else of it changes."""
+        known = self.numbers.get(number)
+        if known is None:
+            return
+        known.last_seen = max(known.last_seen, at)
+        if known.removed_at is not None:
+            known.removed_at = None
+            self.events["relisted"] += 1
+        known.missed, known.first_missed = 0, None
+
+    def complete(self, seen: set[str], at: datetime, accepted: bool = False) -> bool:
+        """A complete listing; False when the mass-removal guard held it."""
+        available = [s for s in self.numbers.values() if s.removed_at is None]
+        missed = [s for n, s in self.numbers.items() if n not in seen and s.removed_at is None]
+        due = [s for s in missed if s.missed + 1 >= self.confirmations]
+        held = (
+            not accepted
+            and self.max_fraction < 1
+            and bool(available)
+            and (len(missed) == len(available) or len(due) > self.max_fraction * len(available))
+        )
+        for state in missed:
             state.missed += 1
             state.first_missed = state.first_missed or at
-            if state.missed >= self.confirmations:
+            if not held and state.missed >= self.confirmations:
                 state.removed_at = max(state.first_missed, state.last_seen)
                 self.events["removed"] += 1
+        return not held
 
 
-def split_pages(items: list[StockItem], page_size: int, at: datetime) -> list[Page]:
+def split_pages(items: list[StockItem | str], page_size: int, at: datetime) -> list[Page]:
+    """Pages of ``items``; a str is the number of an item that failed validation."""
     chunks = [items[i : i + page_size] for i in range(0, len(items), page_size)] or [[]]
     return [
-        Page("NL", i, at, tuple(chunk), (), None if i == len(chunks) - 1 else f"t{i}")
+        Page(
+            "NL",
+            i,
+            at,
+            tuple(x for x in chunk if not isinstance(x, str)),
+            tuple(
+                Rejection("monthlyPrice is missing", {"numberString": x}, x)
+                for x in chunk
+                if isinstance(x, str)
+            ),
+            None if i == len(chunks) - 1 else f"t{i}",
+        )
         for i, chunk in enumerate(chunks)
     ]
 
 
-def listing_pages(listing: Listing, page_size: int, seed: int, at: datetime) -> list[Page]:
-    """The listing in a random order, with a few items listed twice, split into pages."""
+def listing_pages(
+    listing: Listing,
+    page_size: int,
+    seed: int,
+    at: datetime,
+    rejected: frozenset[str] = frozenset(),
+) -> list[Page]:
+    """The listing in a random order, with a few items listed twice, split into pages; the
+    items of ``rejected`` numbers come as invalid items."""
     rng = random.Random(seed)
-    items = list(listing.items.values())
+    items: list[StockItem | str] = [
+        i.number if i.number in rejected else i for i in listing.items.values()
+    ]
     rng.shuffle(items)
     for item in rng.sample(items, k=min(len(items), rng.randint(0, 2))):
         items.insert(rng.randint(0, len(items)), item)
@@ -154,6 +196,7 @@ def run(
     *,
     fail_at: int | None = None,
     kill_at: int | None = None,
+    accept: bool = False,
 ) -> None:
     def source(scope: Scope) -> Iterator[Page]:
         for page in pages:
@@ -163,7 +206,7 @@ def run(
                 raise SimulatedKill
             yield page
 
-    Sync(cfg, engine=engine, page_source=source).run()
+    Sync(cfg, engine=engine, page_source=source, accept_removals=["NL"] if accept else ()).run()
 
 
 def state_of(engine: Engine) -> dict[str, tuple[object, ...]]:
@@ -226,10 +269,14 @@ class HistoryMachine(RuleBasedStateMachine):
         self.engine.dispose()
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    @initialize(confirmations=st.integers(1, 3))
-    def configure(self, confirmations: int) -> None:
-        self.model = Model(confirmations)
-        self.cfg = replace(self.cfg, removal_confirmations=confirmations)
+    @initialize(
+        confirmations=st.integers(1, 3), max_fraction=st.sampled_from([Decimal("0.5"), Decimal(1)])
+    )
+    def configure(self, confirmations: int, max_fraction: Decimal) -> None:
+        self.model = Model(confirmations, max_fraction)
+        self.cfg = replace(
+            self.cfg, removal_confirmations=confirmations, max_removal_fraction=max_fraction
+        )
 
     @rule(listing=listing_strategy)
     def stock_changes(self, listing: Listing) -> None:
@@ -239,13 +286,46 @@ class HistoryMachine(RuleBasedStateMachine):
         self.clock += timedelta(minutes=step)
         return self.clock
 
-    @rule(page_size=st.integers(1, 4), seed=st.integers(0, 99), step=st.integers(-120, 120))
-    def complete_sync(self, page_size: int, seed: int, step: int) -> None:
+    @rule(
+        page_size=st.integers(1, 4),
+        seed=st.integers(0, 99),
+        step=st.integers(-120, 120),
+        rejected=st.frozensets(st.sampled_from(NUMBERS), max_size=2),
+        accept=st.booleans(),
+    )
+    def complete_sync(
+        self,
+        page_size: int,
+        seed: int,
+        step: int,
+        rejected: frozenset[str] = frozenset(),
+        accept: bool = False,
+    ) -> None:
         at = self._tick(step)
-        run(self.engine, self.cfg, listing_pages(self.listing, page_size, seed, at))
+        pages = listing_pages(self.listing, page_size, seed, at, rejected)
+        run(self.engine, self.cfg, pages, accept=accept)
         for item in self.listing.items.values():
-            self.model.see(item, at)
-        self.model.complete(set(self.listing.items), at)
+            if item.number in rejected:
+                self.model.see_rejected(item.number, at)
+            else:
+                self.model.see(item, at)
+        self.model.complete(set(self.listing.items), at, accept)
+
+    @precondition(lambda self: any(n.removed_at is None for n in self.model.numbers.values()))
+    @rule(step=st.integers(1, 120), accept=st.booleans())
+    def outage_lists_nothing(self, step: int, accept: bool) -> None:
+        """An empty listing: held by the guard (unless it is off or accepted), misses counted."""
+        listing, self.listing = self.listing, Listing({})
+        self.complete_sync(1, 0, step, accept=accept)
+        self.listing = listing
+
+    @precondition(lambda self: any(n.removed_at for n in self.model.numbers.values()))
+    @rule(data=st.data(), step=st.integers(1, 120))
+    def removed_number_back_as_invalid_item(self, data: st.DataObject, step: int) -> None:
+        removed = sorted(n for n, s in self.model.numbers.items() if s.removed_at)
+        number = data.draw(st.sampled_from(removed))
+        self.listing = Listing({**self.listing.items, number: make_item(number, VALUES[0], 0, "a")})
+        self.complete_sync(2, 0, step, rejected=frozenset({number}))
 
     @precondition(lambda self: self.model.confirmations == 1)
     @rule(page_size=st.integers(1, 4), seed=st.integers(0, 99), step=st.integers(1, 60))
@@ -277,6 +357,9 @@ class HistoryMachine(RuleBasedStateMachine):
         for page in pages[:stop_after]:  # what was applied stays; nothing is removed
             for item in {i.number: i for i in page.items}.values():
                 self.model.see(item, at)
+            for rejection in page.rejections:
+                assert rejection.number is not None
+                self.model.see_rejected(rejection.number, at)
 
     @invariant()
     def database_equals_model(self) -> None:
@@ -315,8 +398,8 @@ class HistoryMachine(RuleBasedStateMachine):
 
 
 HistoryMachine.TestCase.settings = settings(
-    max_examples=60,
-    stateful_step_count=10,
+    max_examples=80,
+    stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )

@@ -125,6 +125,9 @@ class PageChanges:
     updated: list[tuple[StoredNumber, StockItem]] = field(default_factory=list)
     # Every existing number seen on the page, valid or rejected: last_seen_at advances.
     seen_ids: list[int] = field(default_factory=list)
+    # Removed numbers seen again only as rejected items: back in stock (removed_at cleared,
+    # a `relisted` event), with nothing else of theirs changed.
+    relisted: list[StoredNumber] = field(default_factory=list)
     price_changes: list[tuple[StoredNumber, StockItem]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
 
@@ -163,7 +166,8 @@ def diff_page(
     """What a page changes, given the stored rows of the numbers on it.
 
     ``items`` must be deduplicated. ``rejected_numbers`` are numbers of items that failed
-    validation: they count as seen, and nothing else about them changes."""
+    validation: they count as seen (a removed one is relisted), and nothing else about them
+    changes."""
     changes = PageChanges()
     for item in items:
         stored = existing.get(item.number)
@@ -189,6 +193,11 @@ def diff_page(
         stored = existing.get(number)
         if stored is not None and number not in valid:
             changes.seen_ids.append(stored.id)
+            if stored.removed_at is not None and stored not in changes.relisted:
+                changes.relisted.append(stored)
+                changes.events.append(
+                    Event(number, "relisted", f"removed at {stored.removed_at.isoformat()}")
+                )
     changes.seen_ids = sorted(set(changes.seen_ids))
     return changes
 
@@ -232,13 +241,26 @@ def removal_guard(
     would_remove: int,
     max_fraction: Decimal,
     accepted: bool,
+    missed: int | None = None,
 ) -> RemovalDecision:
     """The mass-removal guard: hold a scope that would remove more than ``max_fraction`` of
-    its available numbers (an empty listing is the typical case), unless an operator
-    accepted the removals for this run."""
-    if would_remove == 0 or accepted or available == 0:
+    its available numbers, unless an operator accepted the removals for this run.
+
+    ``missed``: how many available numbers the complete listing missed (by default
+    ``would_remove``). A listing that missed every one of them (an empty listing, the
+    typical outage) is held even when ``removal_confirmations`` means this run would
+    remove none of them yet; a ``max_fraction`` of 1 turns the guard off."""
+    missed = would_remove if missed is None else missed
+    if accepted or available == 0 or max_fraction >= 1:
         return RemovalDecision(True)
-    if Decimal(would_remove) <= max_fraction * available:
+    if missed >= available:
+        return RemovalDecision(
+            False,
+            f"the listing had none of the {available} available numbers; nothing removed. "
+            "If they really are all gone, run "
+            f"`numbers-etl sync --accept-removals {country}` once",
+        )
+    if would_remove == 0 or Decimal(would_remove) <= max_fraction * available:
         return RemovalDecision(True)
     share = Decimal(would_remove) / Decimal(available)
     return RemovalDecision(

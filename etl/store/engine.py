@@ -56,9 +56,10 @@ def async_commits(conn: Connection) -> Iterator[Connection]:
     """On PostgreSQL, the transactions of ``conn`` commit without waiting for the disk
     (``synchronous_commit`` off for its session, reset at the end); elsewhere nothing.
 
-    For the pages of a scope: its close sets ``synchronous_commit`` back on for its own
-    transaction, and its commit flushes every page before it, so a server crash can only
-    lose the pages of a scope that then never closed, the same as a run killed mid-scope.
+    For the pages of a scope: its close, once every scope is paged, commits with
+    ``synchronous_commit`` on, and that commit flushes the write-ahead log up to itself,
+    every page before it included; so a server crash can only lose the pages of a scope
+    that then never closed, the same as a run killed mid-scope.
     Set once per scope rather than per page: a statement per page cost 5% of a sync."""
     if conn.dialect.name != "postgresql":
         yield conn

@@ -1,6 +1,9 @@
 """A lock row in the database, so that two syncs never overlap, whether they start from cron,
 the scheduler or another host on the same database. The holder refreshes it while it runs;
-a crashed holder's lock expires after ``ttl`` seconds."""
+a crashed holder's lock expires after ``ttl`` seconds.
+
+Times come from the database's clock (SQLite's is this host's), so that hosts whose clocks
+disagree still agree on when a lock expires."""
 
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-from sqlalchemy import Engine, or_, select, update
+from sqlalchemy import Connection, Engine, or_, select, text, update
 
 from etl.errors import LockHeld
 from etl.store.engine import begin_write
@@ -25,15 +29,43 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_NOW = {"postgresql": "SELECT now()", "mysql": "SELECT UTC_TIMESTAMP(6)"}
+
+
+def database_now(conn: Connection) -> datetime:
+    """The current UTC time by the database's clock (this host's for SQLite)."""
+    query = _NOW.get(conn.dialect.name)
+    if query is None:
+        return utcnow()
+    now: datetime = conn.execute(text(query)).scalar_one()
+    return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+
+
+def _pid_space() -> str:
+    """Where this process's PID means something: this boot's id and its PID namespace. Two
+    processes under one hostname can live in different ones (a container sharing the
+    host's network and name), and a PID from another one says nothing here."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return ""
+    return f"{boot}.{namespace}"
+
+
 def holder_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """``host:pid:random:pid-space``, shown to whoever finds the lock held."""
+    host = socket.gethostname()[:160]
+    return f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}:{_pid_space()}"
 
 
 def _died_here(holder: str) -> bool:
-    """True when ``holder`` names a process of this host that no longer exists."""
-    host, _, rest = holder.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
+    """True when ``holder`` names a process of this host and PID space that no longer
+    exists. Anything less certain (another host, another container, an older holder name)
+    waits for the lock to expire."""
+    host, pid_text, _, space = [*holder.split(":"), "", "", ""][:4]
+    here = _pid_space()
+    if host != socket.gethostname()[:160] or not pid_text.isdigit() or not here or space != here:
         return False
     try:
         os.kill(int(pid_text), 0)
@@ -51,26 +83,26 @@ class DatabaseLock:
         *,
         ttl: float = 300,
         holder: str | None = None,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.engine = engine
         self.ttl = ttl
         self.holder = holder or holder_name()
-        self.clock = clock
+        self.clock = clock  # None: the database's clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def acquire(self) -> None:
         """Take the lock or raise LockHeld naming the holder and when its lock expires."""
-        now = self.clock()
         c = sync_lock.c
-        take = update(sync_lock).values(
-            holder=self.holder,
-            run_id=None,
-            acquired_at=now,
-            expires_at=now + timedelta(seconds=self.ttl),
-        )
         with begin_write(self.engine) as conn:
+            now = self._now(conn)
+            take = update(sync_lock).values(
+                holder=self.holder,
+                run_id=None,
+                acquired_at=now,
+                expires_at=now + timedelta(seconds=self.ttl),
+            )
             free = or_(c.holder.is_(None), c.expires_at < now)
             if conn.execute(take.where(c.name == LOCK_NAME, free)).rowcount == 1:
                 return
@@ -94,17 +126,27 @@ class DatabaseLock:
                 .values(run_id=run_id)
             )
 
+    def _now(self, conn: Connection) -> datetime:
+        return database_now(conn) if self.clock is None else self.clock()
+
     def refresh(self) -> bool:
         """Extend the lock; False when it was lost (expired and taken by another)."""
         with begin_write(self.engine) as conn:
-            return (
-                conn.execute(
-                    update(sync_lock)
-                    .where(sync_lock.c.name == LOCK_NAME, sync_lock.c.holder == self.holder)
-                    .values(expires_at=self.clock() + timedelta(seconds=self.ttl))
-                ).rowcount
-                == 1
-            )
+            return self.fence(conn)
+
+    def fence(self, conn: Connection) -> bool:
+        """In the caller's transaction: extend the lock, False when it was lost. A run
+        closes a scope in the same transaction as this: the row stays locked until that
+        commits, so no other sync can take the lock in between (a run that was frozen past
+        its lock's expiry must not count the numbers a newer run saw as missed)."""
+        return (
+            conn.execute(
+                update(sync_lock)
+                .where(sync_lock.c.name == LOCK_NAME, sync_lock.c.holder == self.holder)
+                .values(expires_at=self._now(conn) + timedelta(seconds=self.ttl))
+            ).rowcount
+            == 1
+        )
 
     def release(self) -> None:
         self._stop.set()

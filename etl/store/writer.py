@@ -117,12 +117,17 @@ def _statements(dialect: Dialect) -> _PageStatements:
     version, and with it whether UPDATE ... RETURNING exists: SQLite 3.35+, PostgreSQL)."""
     name = dialect.name
     seen_at = bindparam("seen_at", type_=UTCDateTime())
+    seen_run = bindparam("seen_run_id", type_=Integer())
     seen_values = {
         # last_seen_at never goes backwards, whatever the clock does
         "last_seen_at": case(
             (numbers.c.last_seen_at < seen_at, seen_at), else_=numbers.c.last_seen_at
         ),
-        "last_seen_run_id": bindparam("seen_run_id"),
+        # nor does the run that saw it last: a run that lost its lock to a newer one (see
+        # DatabaseLock.fence) must not make the newer run's sightings look like misses
+        "last_seen_run_id": case(
+            (numbers.c.last_seen_run_id > seen_run, numbers.c.last_seen_run_id), else_=seen_run
+        ),
         "missed_runs": 0,
         "first_missed_at": None,
     }
@@ -268,6 +273,7 @@ _UPDATE = (
     .where(numbers.c.id == bindparam("b_id"))
     .values({name: bindparam(f"b_{name}") for name in (*_UPDATE_COLUMNS, "removed_at")})
 )
+_RELIST = update(numbers).where(numbers.c.id == bindparam("r_id")).values(removed_at=None)
 _COUNTERS = (
     "pages",
     "items",
@@ -356,7 +362,9 @@ def apply_page(conn: Connection, *, run_id: int, scope_row_id: int, page: Page) 
                 for stored, item in changes.updated
             ],
         )
-    for stored, _item in changes.updated:
+    if changes.relisted:
+        conn.execute(_RELIST, [{"r_id": stored.id} for stored in changes.relisted])
+    for stored in (*(s for s, _ in changes.updated), *changes.relisted):
         ids[stored.number] = stored.id
     if changes.events:  # every event's number is new (ids) or updated
         _insert_events(conn, changes.events, ids, run_id, at)
@@ -498,7 +506,8 @@ def scope_filter(scope: Scope) -> ColumnElement[bool]:
 
 
 def _missed(run_id: int) -> ColumnElement[bool]:
-    return or_(numbers.c.last_seen_run_id.is_(None), numbers.c.last_seen_run_id != run_id)
+    """Not seen by this run (nor by a newer one)."""
+    return or_(numbers.c.last_seen_run_id.is_(None), numbers.c.last_seen_run_id < run_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,8 +539,8 @@ def close_scope(
     in_scope = scope_filter(scope)
     missed = _missed(run_id)
     due = and_(missed, numbers.c.missed_runs + 1 >= confirmations)
-    available, would_remove = conn.execute(
-        select(func.count(), func.coalesce(func.sum(case((due, 1), else_=0)), 0)).where(in_scope)
+    available, missed_count, would_remove = conn.execute(
+        select(func.count(), _count_if(missed), _count_if(due)).where(in_scope)
     ).one()
     decision = (
         removal_guard(
@@ -540,6 +549,7 @@ def close_scope(
             would_remove=would_remove,
             max_fraction=max_fraction,
             accepted=accepted,
+            missed=missed_count,
         )
         if removals_allowed
         else RemovalDecision(False, None)
@@ -547,6 +557,10 @@ def close_scope(
     removed = 0
     if decision.proceed:
         removed = _remove_missed(conn, run_id, in_scope, missed, completed_at, confirmations)
+    elif decision.reason:
+        # Held: the listing was complete, so its misses count (the first of them dates a
+        # later removal), but nothing is removed until it recovers or is accepted.
+        _count_misses(conn, in_scope, missed, completed_at)
     status = "held" if not decision.proceed and decision.reason else "complete"
     if status == "complete":
         _snapshot(conn, run_id, scope, completed_at)
@@ -564,14 +578,17 @@ def close_scope(
     return ScopeClose(status, available - removed, removed, decision.reason)
 
 
-def _remove_missed(
+def _count_if(condition: ColumnElement[bool]) -> ColumnElement[Any]:
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
+def _count_misses(
     conn: Connection,
-    run_id: int,
     in_scope: ColumnElement[bool],
     missed: ColumnElement[bool],
     completed_at: datetime,
-    confirmations: int,
-) -> int:
+) -> None:
+    """One more complete run missed these numbers; the first such run's time is kept."""
     completed = literal(completed_at, UTCDateTime())
     conn.execute(
         update(numbers)
@@ -581,6 +598,17 @@ def _remove_missed(
             first_missed_at=func.coalesce(numbers.c.first_missed_at, completed),
         )
     )
+
+
+def _remove_missed(
+    conn: Connection,
+    run_id: int,
+    in_scope: ColumnElement[bool],
+    missed: ColumnElement[bool],
+    completed_at: datetime,
+    confirmations: int,
+) -> int:
+    _count_misses(conn, in_scope, missed, completed_at)
     gone = and_(in_scope, numbers.c.missed_runs >= confirmations)
     # removed_at: when the first missing run completed its listing, never before last_seen_at
     removed_at = case(
@@ -608,10 +636,6 @@ def _snapshot(conn: Connection, run_id: int, scope: Scope, taken_at: datetime) -
     and currency the scope's previous snapshot had and this one has not (sold out), so that
     the last snapshot of a day is the whole truth."""
     n = numbers.c
-
-    def count_if(*columns: Any) -> Any:
-        return func.coalesce(func.sum(case((or_(*columns), 1), else_=0)), 0)
-
     conn.execute(
         insert(availability_snapshots).from_select(
             [
@@ -641,10 +665,10 @@ def _snapshot(conn: Connection, run_id: int, scope: Scope, taken_at: datetime) -
                 func.min(n.monthly_price),
                 func.avg(n.monthly_price),
                 func.max(n.monthly_price),
-                count_if(n.voice_inbound, n.voice_outbound),
-                count_if(n.sms_inbound, n.sms_outbound),
-                count_if(n.mms_inbound, n.mms_outbound),
-                count_if(n.back_order_required),
+                _count_if(or_(n.voice_inbound, n.voice_outbound)),
+                _count_if(or_(n.sms_inbound, n.sms_outbound)),
+                _count_if(or_(n.mms_inbound, n.mms_outbound)),
+                _count_if(n.back_order_required),
             )
             .where(scope_filter(scope))
             .group_by(n.country_code, n.number_type, n.currency),

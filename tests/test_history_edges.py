@@ -1,0 +1,255 @@
+"""Edge cases of the history on every database: pages come from a scripted page source
+(no HTTP), so each case sets up exactly the listings it needs."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+
+from etl.config import Settings
+from etl.errors import AuthError, LockHeld
+from etl.records import Page, Price, Rejection, Scope, StockItem
+from etl.store.lock import DatabaseLock
+from etl.store.schema import number_events, numbers, sync_scopes
+from etl.sync import RunResult, Sync
+
+T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+
+
+def item(number: str, country: str = "NL") -> StockItem:
+    return StockItem(
+        number, "a", country, "local", (("voice_inbound", True),), Price("EUR", 350, -2), False
+    )
+
+
+def page(key: str, at: datetime, items: Iterable[StockItem] = (), rejections: Any = ()) -> Page:
+    return Page(key, 0, at, tuple(items), tuple(rejections), None)
+
+
+def cfg(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {"countries": ("NL",), "max_removal_fraction": Decimal(1)}
+    return Settings(**(values | overrides))
+
+
+def run(engine: Engine, settings: Settings, listing: dict[str, Page], **kw: Any) -> RunResult:
+    def source(scope: Scope) -> Iterator[Page]:
+        if scope.key in listing:
+            yield listing[scope.key]
+
+    return Sync(settings, engine=engine, page_source=source, **kw).run()
+
+
+def stored(engine: Engine, number: str) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(select(numbers).where(numbers.c.number == number)).one()
+
+
+def events_of(engine: Engine, number: str) -> list[tuple[str, datetime]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(number_events.c.event, number_events.c.occurred_at)
+            .join(numbers, numbers.c.id == number_events.c.number_id)
+            .where(numbers.c.number == number)
+            .order_by(number_events.c.id)
+        )
+        return [(r.event, r.occurred_at) for r in rows]
+
+
+def test_removed_number_back_as_a_rejected_item_is_relisted(engine: Engine) -> None:
+    """A rejected item's number counts as seen; a removed number seen again is relisted,
+    keeping the price and attributes it had (the item carried none that could be used)."""
+    x, keep = "+31205550000", item("+31205550001")
+    run(engine, cfg(), {"NL": page("NL", T0, [item(x), keep])})
+    run(engine, cfg(), {"NL": page("NL", T0 + HOUR, [keep])})
+    assert stored(engine, x).removed_at == T0 + HOUR
+    bad = Rejection("monthlyPrice is missing", {"numberString": x}, x)
+    result = run(engine, cfg(), {"NL": page("NL", T0 + 2 * HOUR, [keep], [bad])})
+    row = stored(engine, x)
+    assert row.removed_at is None
+    assert row.last_seen_at == T0 + 2 * HOUR
+    assert row.monthly_price == Decimal("3.5")
+    assert [e for e, _ in events_of(engine, x)] == ["listed", "removed", "relisted"]
+    assert result.total("relisted") == 1
+    assert result.status == "succeeded"
+
+
+def _moved_number_events(engine: Engine, countries: tuple[str, ...], concurrency: int) -> Any:
+    settings = cfg(countries=countries, concurrency=concurrency)
+    x = "+12125550000"
+    us, ca = item("+12125550001", "US"), item("+14165550001", "CA")
+    run(engine, settings, {"US": page("US", T0, [item(x, "US"), us]), "CA": page("CA", T0, [ca])})
+    run(
+        engine,
+        settings,
+        {"US": page("US", T0 + HOUR, [us]), "CA": page("CA", T0 + HOUR, [ca, item(x, "CA")])},
+    )
+    return [e for e, _ in events_of(engine, x)], stored(engine, x)
+
+
+def test_number_that_moves_to_another_scope_is_never_removed(engine: Engine) -> None:
+    """Whichever scope closes first, the number the other one lists now was seen in the run."""
+    for countries, concurrency in ((("US", "CA"), 1), (("CA", "US"), 1), (("US", "CA"), 2)):
+        events, row = _moved_number_events(engine, countries, concurrency)
+        assert events == ["listed", "changed"], countries
+        assert (row.country_code, row.removed_at) == ("CA", None)
+        with engine.begin() as conn:
+            conn.execute(number_events.delete())
+            conn.execute(numbers.delete())
+
+
+def test_same_new_number_in_two_listings_at_once(engine: Engine) -> None:
+    """Two countries insert the same new numbers in the same instant: the second page's
+    transaction is retried and updates what the first inserted, instead of failing."""
+    both = threading.Barrier(2)
+    shared = [f"+1212555{n:04d}" for n in range(99)]
+
+    def source(scope: Scope) -> Iterator[Page]:
+        both.wait(timeout=30)
+        yield page(scope.key, T0, [item(n, scope.country_code) for n in shared])
+
+    settings = cfg(countries=("US", "CA"), concurrency=2)
+    result = Sync(settings, engine=engine, page_source=source).run()
+    assert result.status == "succeeded", [s.error for s in result.scopes]
+    assert result.total("listed") == 99
+    with engine.connect() as conn:
+        assert conn.execute(select(numbers.c.number)).scalars().all().__len__() == 99
+
+
+def test_held_run_dates_the_removal_it_holds(engine: Engine) -> None:
+    """removal_confirmations 1: the held run was the first complete listing without the
+    number, so once removals are accepted, removed_at is that run's time."""
+    settings = cfg(max_removal_fraction=Decimal("0.5"))
+    x, keep = "+31205550000", item("+31205550001")
+    run(engine, settings, {"NL": page("NL", T0, [item(x), keep])})
+    held = run(engine, settings, {"NL": page("NL", T0 + HOUR, [])})
+    assert [s.status for s in held.scopes] == ["held"]
+    assert stored(engine, x).removed_at is None
+    run(engine, settings, {"NL": page("NL", T0 + 2 * HOUR, [keep])}, accept_removals=["NL"])
+    assert stored(engine, x).removed_at == T0 + HOUR
+    assert stored(engine, keep.number).removed_at is None
+
+
+def test_empty_listing_is_held_even_before_removals_are_due(engine: Engine) -> None:
+    """removal_confirmations 2: the first empty listing would remove nothing yet; it is held
+    all the same (an outage, not a sell-out), and accepting it later removes the numbers at
+    the first missing listing's time."""
+    settings = cfg(max_removal_fraction=Decimal("0.5"), removal_confirmations=2)
+    numbers_ = [item("+31205550000"), item("+31205550001")]
+    run(engine, settings, {"NL": page("NL", T0, numbers_)})
+    first = run(engine, settings, {"NL": page("NL", T0 + HOUR, [])})
+    assert [s.status for s in first.scopes] == ["held"]
+    assert first.exit_code == 1
+    assert "none of the 2 available numbers" in (first.scopes[0].error or "")
+    # recovered: both seen again, their misses forgotten
+    recovered = run(engine, settings, {"NL": page("NL", T0 + 2 * HOUR, numbers_)})
+    assert recovered.status == "succeeded"
+    assert stored(engine, numbers_[0].number).missed_runs == 0
+    run(engine, settings, {"NL": page("NL", T0 + 3 * HOUR, [])})
+    accepted = run(engine, settings, {"NL": page("NL", T0 + 4 * HOUR, [])}, accept_removals=["NL"])
+    assert accepted.status == "succeeded"
+    assert accepted.total("removed") == 2
+    assert stored(engine, numbers_[0].number).removed_at == T0 + 3 * HOUR
+
+
+def test_run_that_lost_its_lock_closes_nothing(engine: Engine) -> None:
+    """A run paused past its lock's expiry, whose lock another sync took: its pages were
+    written, but its close would count what the newer run saw as missed. It removes nothing."""
+    x, keep = "+31205550000", item("+31205550001")
+    run(engine, cfg(), {"NL": page("NL", T0, [item(x), keep])})
+
+    def source(scope: Scope) -> Iterator[Page]:
+        yield page("NL", T0 + HOUR, [keep])
+        # while this run "sleeps", its lock expires and another process takes it
+        with engine.begin() as conn:
+            from etl.store.schema import sync_lock
+
+            conn.execute(sync_lock.update().values(holder="other-host:1:x"))
+
+    result = Sync(cfg(), engine=engine, page_source=source).run()
+    assert result.status == "failed"
+    assert "another sync took it" in (result.scopes[0].error or "")
+    assert stored(engine, x).removed_at is None
+    with engine.connect() as conn:
+        assert (
+            conn.execute(select(sync_scopes.c.status).order_by(sync_scopes.c.id.desc())).first()[0]
+            == "failed"
+        )
+    DatabaseLock(engine, holder="other-host:1:x").release()
+
+
+def test_lock_expiry_follows_the_database_clock(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host whose clock runs an hour ahead does not take a live lock (PostgreSQL and
+    MariaDB: the server's clock decides; SQLite's database lives on this host)."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite's clock is this host's")
+    from etl.store import lock as lock_module
+
+    holder = DatabaseLock(engine, ttl=300, holder="host-a:1:x")
+    holder.acquire()
+    try:
+
+        class HostClockAhead(datetime):
+            @classmethod
+            def now(cls, tz: Any = None) -> HostClockAhead:
+                return super().now(tz) + HOUR  # type: ignore[return-value]
+
+        monkeypatch.setattr(lock_module, "datetime", HostClockAhead)
+        with pytest.raises(LockHeld, match="host-a:1:x"):
+            DatabaseLock(engine, ttl=300, holder="host-b:1:y").acquire()
+        with engine.connect() as conn:
+            assert abs(lock_module.database_now(conn) - datetime.now(UTC)) < timedelta(minutes=1)
+    finally:
+        holder.release()
+
+
+def test_stopping_for_a_refused_key_or_a_lost_lock_is_not_called_a_signal(
+    engine: Engine,
+) -> None:
+    settings = cfg(countries=("NL", "US"), concurrency=1)
+
+    def refused(scope: Scope) -> Iterator[Page]:
+        raise AuthError("Bird refused the access key or organization id: 401")
+        yield  # a generator, like the real source
+
+    result = Sync(settings, engine=engine, page_source=refused).run()
+    assert result.exit_code == 2
+    errors = [s.error or "" for s in result.scopes]
+    assert "signal" not in " ".join(errors)
+    assert "Bird refused" in errors[1]
+
+    def lose_lock(scope: Scope) -> Iterator[Page]:
+        yield (
+            page(scope.key, T0, [item("+31205550000")])
+            if scope.key == "NL"
+            else page(scope.key, T0, [item("+12125550000", "US")])
+        )
+        sync._on_lock_lost()  # what the lock's keep-alive thread does when it finds it taken
+
+    sync = Sync(settings, engine=engine, page_source=lose_lock)
+    lost = sync.run()
+    assert lost.status == "failed"
+    assert lost.exit_code == 1  # not 143: nobody sent a signal
+    assert "lock was lost" in " ".join(s.error or "" for s in lost.scopes)
+
+
+def test_dead_pid_of_another_pid_space_keeps_its_lock(engine: Engine) -> None:
+    """Same hostname, other PID namespace (a container sharing the host's name): its PID
+    cannot be checked from here, so its lock is left to expire rather than taken."""
+    import socket
+
+    other = f"{socket.gethostname()[:160]}:999999:cafe:0000.1"
+    DatabaseLock(engine, holder=other).acquire()
+    try:
+        with pytest.raises(LockHeld):
+            DatabaseLock(engine, holder="me:1:x").acquire()
+    finally:
+        DatabaseLock(engine, holder=other).release()
