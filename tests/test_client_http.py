@@ -343,6 +343,21 @@ def test_parse_retry_after(header: str | None, seconds: float | None) -> None:
     assert parse_retry_after(header) == seconds
 
 
+@pytest.mark.parametrize("header", ["Fri, 31 Dec 10000 23:59:59 GMT", "9" * 5000])
+def test_an_unparseable_retry_after_is_ignored(
+    client: BirdClient, simulator: Simulator, waits: Waits, header: str
+) -> None:
+    """urllib3 raises ValueError (not InvalidHeader) for these: a bare crash until it was
+    caught; now the 429 is retried with the usual backoff, as without the header."""
+    assert parse_retry_after(header) is None
+    simulator.faults.add("status", status=429, retry_after=header, times=1)
+    body, _ = client.fetch(QUERY)
+    assert len(body["results"]) == 5
+    assert served(simulator) == [429, 200]
+    assert len(waits) == 1
+    assert 0 <= waits[0] <= 0.5  # the first step of the exponential backoff
+
+
 def test_parse_retry_after_in_the_past_is_zero() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
 

@@ -146,12 +146,14 @@ def decode_json(content: bytes) -> Any:
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (seconds or an HTTP date), None if unusable."""
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date), None if unusable
+    (urllib3 raises ValueError or OverflowError, not InvalidHeader, for a date past year 9999
+    or a number of more than 4300 digits: the retry then backs off as without the header)."""
     if not value:
         return None
     try:
         return float(Retry().parse_retry_after(value))
-    except InvalidHeader:
+    except (InvalidHeader, ValueError, OverflowError):
         return None
 
 
