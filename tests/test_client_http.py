@@ -153,6 +153,27 @@ def test_5xx_then_success(client: BirdClient, simulator: Simulator, status: int)
     assert client.stats.snapshot()["errors"] == {str(status): 2}
 
 
+def test_408_request_timeout_is_retried(
+    client: BirdClient, simulator: Simulator, waits: Waits
+) -> None:
+    simulator.faults.add("status", status=408, retry_after="1", times=2)
+    body, _ = client.fetch(QUERY)
+    assert len(body["results"]) == 5
+    assert served(simulator) == [408, 408, 200]
+    assert waits == [1.0, 1.0]
+    assert client.stats.snapshot()["errors"] == {"408": 2}
+
+
+def test_408_is_retried_within_the_same_budget(
+    client: BirdClient, simulator: Simulator, waits: Waits
+) -> None:
+    simulator.faults.add("status", status=408, times=100)
+    with pytest.raises(RetriesExhausted, match="408 Request Timeout"):
+        client.fetch(QUERY)
+    assert served(simulator) == [408] * 6
+    assert len(waits) == 5
+
+
 def test_retries_are_exhausted(client: BirdClient, simulator: Simulator, waits: Waits) -> None:
     simulator.faults.add("status", status=503, times=100)
     with pytest.raises(RetriesExhausted) as raised:

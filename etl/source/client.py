@@ -52,6 +52,9 @@ BACKOFF_CAP = 10.0
 POOL_SIZE = 32
 MIN_REDACTED_KEY = 8
 AUTH_STATUSES = (401, 403, 404)
+# retried like a 5xx, with the server's Retry-After when it gives one: over the rate limit,
+# or a server (or a proxy on the way) that gave up waiting for the request
+RETRY_AFTER_STATUSES = (408, 429)
 _QUERY_RE = re.compile(r"\?[^\s'\")]*")
 
 
@@ -351,7 +354,7 @@ class BirdClient:
                 f"along): set api_url (NUMBERS_ETL_API_URL) to the API's address"
                 + (f", which the response gives as {self._redact(location)!r}" if location else "")
             )
-        if status == 429:
+        if status in RETRY_AFTER_STATUSES:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             raise _Failure(str(status), detail, retry_after)
         if status >= 500:
