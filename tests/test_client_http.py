@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -554,3 +556,126 @@ def test_https_refuses_a_certificate_it_cannot_verify(stock: SyntheticStock, wai
         with client, pytest.raises(RetriesExhausted, match="SSLError"):
             pages_of(client)
         assert simulator.requests == []  # nothing got past the handshake
+
+
+# --- replies the simulator cannot give: a scripted server -----------------------------------
+
+Script = bytes | Callable[[socket.socket], None]
+
+
+class Scripted:
+    """A raw HTTP/1.1 server on 127.0.0.1 for replies the simulator cannot give (an error body
+    that echoes the access key, a body that trickles in): each request gets the next scripted
+    reply, the last one again and again. A reply is the raw bytes to send, or a function that
+    writes to the socket itself. ``heads`` are the requests' header blocks as received."""
+
+    def __init__(self, *replies: Script) -> None:
+        self.replies = list(replies)
+        self.heads: list[str] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._conns: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            self._conns.append(conn)
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buffer = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buffer += data
+                head, buffer = buffer.split(b"\r\n\r\n", 1)
+                self.heads.append(head.decode("latin-1"))
+                script = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+                if callable(script):
+                    script(conn)
+                else:
+                    conn.sendall(script)
+        except OSError:
+            return  # the client went away, or close() below
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept(); close() alone does not
+        self._listener.close()
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+        for thread in self._threads:
+            thread.join(5)
+
+
+def raw_reply(status: int, reason: str, body: bytes, *headers: str) -> bytes:
+    head = [f"HTTP/1.1 {status} {reason}", f"Content-Length: {len(body)}", *headers]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., tuple[Scripted, BirdClient]]]:
+    """``scripted(*replies, **client_options)``: a Scripted server and a client of it."""
+    made: list[tuple[Scripted, BirdClient]] = []
+
+    def make(*replies: Script, **options: Any) -> tuple[Scripted, BirdClient]:
+        server = Scripted(*replies)
+        options.setdefault("sleep", Waits())
+        options.setdefault("rate_limiter", RateLimiter(1000))
+        key = options.pop("access_key", ACCESS_KEY)
+        client = BirdClient(server.url, Secret(key), ORGANIZATION_ID, **options)
+        made.append((server, client))
+        return server, client
+
+    yield make
+    for server, client in made:
+        client.close()
+        server.close()
+
+
+KEY = "SECRETKEY0123456789abcdefghijklmnopqrstuv"  # 40 characters
+
+
+def assert_no_part_of_key(text: str) -> None:
+    for start in range(len(KEY) - 5):
+        assert KEY[start : start + 6] not in text, text
+
+
+@pytest.mark.parametrize("status", [400, 200])
+def test_a_key_echoed_where_a_long_body_is_cut_shows_no_part_of_it(
+    scripted: Callable[..., tuple[Scripted, BirdClient]], status: int
+) -> None:
+    """A server (or proxy) echoing the request's headers in its body, the key straddling the
+    300th character where the body is shortened for the message: the key was redacted only
+    after the cut, so its first 20-odd characters showed."""
+    body = b'{"echo": "' + b"x" * 250 + b" Authorization: AccessKey " + KEY.encode() + b'"}'
+    if status == 200:
+        body = body[1:]  # not JSON: the "body was not JSON" message quotes it
+    reply = raw_reply(status, "Bad Request" if status == 400 else "OK", body)
+    _, client = scripted(reply, access_key=KEY)
+    with pytest.raises(FatalSourceError if status == 400 else PaginationError) as raised:
+        client.fetch(QUERY)
+    assert "AccessKey ***" in str(raised.value)
+    assert_no_part_of_key(str(raised.value))
+
+
+def test_a_key_in_a_long_exception_message_is_redacted_before_the_cut(
+    scripted: Callable[..., tuple[Scripted, BirdClient]],
+) -> None:
+    _, client = scripted(raw_reply(200, "OK", b"{}"), access_key=KEY)
+    exc = OSError("x" * 270 + " AccessKey " + KEY)
+    for error in (client._failure("ConnectionError", exc), client._fatal("SSLError", exc)):
+        assert "AccessKey ***" in str(error)
+        assert_no_part_of_key(str(error))

@@ -131,8 +131,9 @@ def shorten(text: str, limit: int = MAX_BODY_SHOWN) -> str:
 
 
 def _exc_text(exc: Exception) -> str:
-    """A shortened exception message, with URL query strings (page tokens) left out."""
-    return shorten(_QUERY_RE.sub("?...", str(exc)))
+    """An exception message with URL query strings (page tokens) left out; not yet shortened
+    (the access key is redacted first, then the message is shortened)."""
+    return _QUERY_RE.sub("?...", str(exc))
 
 
 _DECODER = msgspec.json.Decoder()
@@ -314,11 +315,11 @@ class BirdClient:
             raise self._fatal(type(exc).__name__, exc) from None
 
     def _failure(self, kind: str, exc: Exception) -> _Failure:
-        return _Failure(kind, self._redact(f"{kind} on GET {self.path}: {_exc_text(exc)}"))
+        return _Failure(kind, f"{kind} on GET {self.path}: {self._shown(_exc_text(exc))}")
 
     def _fatal(self, kind: str, exc: Exception) -> FatalSourceError:
         self.stats.count_error(kind, retried=False)
-        return FatalSourceError(self._redact(f"{kind} on GET {self.path}: {_exc_text(exc)}"))
+        return FatalSourceError(f"{kind} on GET {self.path}: {self._shown(_exc_text(exc))}")
 
     def _target(self, params: Mapping[str, Any]) -> str:
         return f"{self._split.path}?{urlencode(params, doseq=True)}"
@@ -378,15 +379,21 @@ class BirdClient:
                 self._redact(
                     f"GET {self.path} returned {response.status} {response.reason} but the "
                     f"body was not JSON (Content-Type: {content_type}): "
-                    f"{shorten(response.text)!r}"
+                    f"{self._shown(response.text)!r}"
                 )
             ) from None
 
     def _describe(self, response: _Reply) -> str:
         return self._redact(
             f"{response.status} {response.reason} for GET {self.path}: "
-            f"{shorten(response.text) or '(empty body)'}"
+            f"{self._shown(response.text) or '(empty body)'}"
         )
+
+    def _shown(self, text: str) -> str:
+        """``text`` (a body, an exception's message) as an error shows it: the access key
+        redacted in the whole text first, then shortened, so that a key straddling the cut
+        cannot show in part."""
+        return shorten(self._redact(text))
 
     def _redact(self, text: str) -> str:
         """``text`` without the access key, should a server or library ever echo it (keys of
