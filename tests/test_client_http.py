@@ -9,6 +9,7 @@ import socket
 import ssl
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -315,6 +316,27 @@ def test_the_access_key_never_shows(
     assert any(r.name == "etl.source" and r.levelno == logging.WARNING for r in caplog.records)
     for message in messages:
         assert ACCESS_KEY not in message
+
+
+@pytest.mark.parametrize("ahead", [False, True])
+@pytest.mark.parametrize(
+    "key", ["sk_live_first_line\nsk_live_second_line", "sk_live_zero\u200bwidth_space"]
+)
+def test_an_access_key_a_header_cannot_carry_is_a_source_error_that_hides_it(
+    make_client: Callable[..., BirdClient], simulator: Simulator, key: str, ahead: bool
+) -> None:
+    """Config refuses such a key; a client given one anyway raised http.client's bare
+    ValueError (its message the whole key) or UnicodeEncodeError, in a traceback."""
+    client = make_client(access_key=key, rate_limiter=RateLimiter(UNLIMITED))
+    with client.channel() as channel, pytest.raises(FatalSourceError) as raised:
+        client.fetch(QUERY, channel.send(QUERY) if ahead else None)
+    shown = "".join(traceback.format_exception(raised.value))
+    assert "a header holds a character HTTP cannot carry" in shown
+    assert "access_key" in shown
+    for part in ("sk_live", "first_line", "second_line", "zero", "width_space"):
+        assert part not in shown
+    assert simulator.requests == []
+    assert client.stats.snapshot()["retries"] == 0
 
 
 def test_a_set_stop_interrupts_before_sending(make_client: Callable[..., BirdClient]) -> None:

@@ -41,6 +41,7 @@ from etl.errors import (
     PaginationError,
     RetriableSourceError,
     RetriesExhausted,
+    SourceError,
 )
 from etl.source.ratelimit import RateLimiter
 
@@ -313,6 +314,8 @@ class BirdClient:
             raise self._failure(type(exc).__name__, exc) from exc
         except requests.RequestException as exc:  # an invalid URL, a body not decodable ...
             raise self._fatal(type(exc).__name__, exc) from None
+        except (ValueError, UnicodeError) as exc:
+            raise self._unsendable(exc) from None
 
     def _failure(self, kind: str, exc: Exception) -> _Failure:
         return _Failure(kind, f"{kind} on GET {self.path}: {self._shown(_exc_text(exc))}")
@@ -320,6 +323,19 @@ class BirdClient:
     def _fatal(self, kind: str, exc: Exception) -> FatalSourceError:
         self.stats.count_error(kind, retried=False)
         return FatalSourceError(f"{kind} on GET {self.path}: {self._shown(_exc_text(exc))}")
+
+    def _unsendable(self, exc: Exception) -> FatalSourceError:
+        """http.client refused to write the request: a header value holds a line break or a
+        character outside Latin-1. Its message quotes the header whole, in a form that
+        redaction cannot match, so only the exception's name is shown."""
+        kind = type(exc).__name__
+        self.stats.count_error(kind, retried=False)
+        return FatalSourceError(
+            f"{kind} on GET {self.path}: the request could not be written, because a header "
+            "holds a character HTTP cannot carry; check that access_key "
+            "(NUMBERS_ETL_ACCESS_KEY or NUMBERS_ETL_ACCESS_KEY_FILE) is printable ASCII "
+            "without spaces or line breaks"
+        )
 
     def _target(self, params: Mapping[str, Any]) -> str:
         return f"{self._split.path}?{urlencode(params, doseq=True)}"
@@ -452,6 +468,9 @@ class Channel:
         except _TRANSPORT_ERRORS as exc:
             self.close()
             return Sent(self, client._failure(_kind(exc), exc))
+        except (ValueError, UnicodeError) as exc:
+            self.close()
+            return Sent(self, client._unsendable(exc))
         return Sent(self, None)
 
     def _reply(self) -> _Reply:
@@ -487,7 +506,7 @@ class Sent:
     """A page's request sent early on a Channel (or the failure of sending it)."""
 
     channel: Channel
-    failure: _Failure | None
+    failure: SourceError | None  # raised when the page is wanted: _Failure is retried
 
     def reply(self) -> _Reply:
         if self.failure is not None:
