@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import gzip
 import logging
 import socket
 import ssl
@@ -701,3 +702,49 @@ def test_a_key_in_a_long_exception_message_is_redacted_before_the_cut(
     for error in (client._failure("ConnectionError", exc), client._fatal("SSLError", exc)):
         assert "AccessKey ***" in str(error)
         assert_no_part_of_key(str(error))
+
+
+def drip(conn: socket.socket) -> None:
+    """A 200 whose body comes a byte every 50 ms: each read is quick, the whole is not."""
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n"
+    )
+    for byte in b'{"results": [' + b" " * 187:
+        conn.sendall(bytes([byte]))
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("ahead", [False, True])
+def test_a_body_that_trickles_in_is_cut_at_the_total_timeout(
+    scripted: Callable[..., tuple[Scripted, BirdClient]], ahead: bool
+) -> None:
+    """read_timeout bounds each wait for bytes, so a body dripping in held a page for as long
+    as the server liked (10 s here, each try; minutes in the reviewer's probe); now each try
+    ends at total_timeout and is retried."""
+    server, client = scripted(drip, read_timeout=1, total_timeout=0.5, max_attempts=2)
+    started = time.monotonic()
+    with client.channel() as channel, pytest.raises(RetriesExhausted) as raised:
+        client.fetch(QUERY, channel.send(QUERY) if ahead else None)
+    assert time.monotonic() - started < 3  # two tries of 0.5 s, not two of 10 s
+    assert "still coming in after 0.5s" in str(raised.value)
+    assert "failed 2 times" in str(raised.value)
+    assert client.stats.snapshot()["errors"] == {"ReadTimeout": 2}
+    assert len(server.heads) == 2
+
+
+@pytest.mark.parametrize("ahead", [False, True])
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+def test_a_body_larger_than_32_mib_fails_the_page(
+    scripted: Callable[..., tuple[Scripted, BirdClient]], ahead: bool, encoding: str
+) -> None:
+    body = b" " * ((32 << 20) + 1)  # gzip: 33 MiB from about 30 KB, a small bomb
+    if encoding == "gzip":
+        body = gzip.compress(body, compresslevel=1)
+    reply = raw_reply(200, "OK", body, f"Content-Encoding: {encoding}")
+    server, client = scripted(reply)
+    with client.channel() as channel, pytest.raises(FatalSourceError) as raised:
+        client.fetch(QUERY, channel.send(QUERY) if ahead else None)
+    assert "returned a body of more than 32 MiB" in str(raised.value)
+    assert "NUMBERS_ETL_API_URL" in str(raised.value)
+    assert client.stats.snapshot()["errors"] == {"BodyTooLarge": 1}
+    assert len(server.heads) == 1  # not retried

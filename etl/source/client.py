@@ -1,9 +1,10 @@
 """The HTTP client of Bird's stock listing: one session, the access key, timeouts, the rate
 limit and bounded retries.
 
-One request reads as: wait for the rate limit, send, classify the response (a page, a
-retriable failure or a fatal one), and on a retriable failure back off and try again, at most
-``max_attempts`` times and ``max_total_wait`` seconds of waiting per page."""
+One request reads as: wait for the rate limit, send, read the response within
+``total_timeout``, classify it (a page, a retriable failure or a fatal one), and on a
+retriable failure back off and try again, at most ``max_attempts`` times and
+``max_total_wait`` seconds of waiting per page."""
 
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ from etl.source.ratelimit import RateLimiter
 log = logging.getLogger("etl.source")
 
 MAX_BODY_SHOWN = 300
+MAX_BODY = 32 << 20  # bytes of a decoded body; a page of 99 items is about 50 KB
+READ_CHUNK = 1 << 16  # at most this much per read of a body (one recv of the socket at most)
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 10.0
 POOL_SIZE = 32
@@ -174,6 +177,7 @@ class BirdClient:
         rate_limiter: RateLimiter,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
+        total_timeout: float = 60.0,
         max_attempts: int = 6,
         max_total_wait: float = 60.0,
         stats: ClientStats | None = None,
@@ -185,6 +189,9 @@ class BirdClient:
         self.url = api_url.rstrip("/") + self.path
         self.rate_limiter = rate_limiter
         self.timeout = (connect_timeout, read_timeout)
+        # read_timeout bounds each wait for the next bytes; total_timeout the whole response,
+        # which a server sending a byte now and then would otherwise hold open for hours
+        self.total_timeout = total_timeout
         self.max_attempts = max(1, max_attempts)
         self.max_total_wait = max_total_wait
         self.stats = stats if stats is not None else ClientStats()
@@ -295,6 +302,7 @@ class BirdClient:
         if self.stop is not None and self.stop.is_set():
             raise Interrupted(f"stopped before GET {self.path}")
         self.stats.count_request()
+        deadline = time.monotonic() + self.total_timeout
         try:
             with self._adapter.send(
                 self._request(params),
@@ -303,8 +311,9 @@ class BirdClient:
                 proxies=self._proxies,
             ) as response:
                 # the body is read here, where its errors are retried
+                content = self._read_body(response.raw, deadline)
                 return _Reply(
-                    response.status_code, response.reason or "", response.headers, response.content
+                    response.status_code, response.reason or "", response.headers, content
                 )
         except (
             requests.ConnectionError,
@@ -312,10 +321,39 @@ class BirdClient:
             requests.exceptions.ChunkedEncodingError,
         ) as exc:
             raise self._failure(type(exc).__name__, exc) from exc
-        except requests.RequestException as exc:  # an invalid URL, a body not decodable ...
+        except requests.RequestException as exc:  # an invalid URL ...
             raise self._fatal(type(exc).__name__, exc) from None
+        except urllib3.exceptions.DecodeError as exc:  # as requests: not worth retrying
+            raise self._fatal("ContentDecodingError", exc) from None
+        except _TRANSPORT_ERRORS as exc:  # reading the body
+            raise self._failure(_kind(exc, reading_body=True), exc) from exc
         except (ValueError, UnicodeError) as exc:
             raise self._unsendable(exc) from None
+
+    def _read_body(self, response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
+        """The whole body, decoded, taken as it arrives (``read1``: what the socket holds, up
+        to READ_CHUNK), so that a body still coming in at ``deadline`` fails the attempt as a
+        ReadTimeout (no later than one ``read_timeout`` after it), and one larger than
+        MAX_BODY (a gzip bomb too) fails the page. A usual page takes a few reads."""
+        chunks = []
+        size = 0
+        while chunk := response.read1(READ_CHUNK, decode_content=True):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_BODY:
+                self.stats.count_error("BodyTooLarge", retried=False)
+                raise FatalSourceError(
+                    f"GET {self.path} returned a body of more than {MAX_BODY >> 20} MiB, where "
+                    "a page of 99 items is about 50 KB; check that api_url "
+                    "(NUMBERS_ETL_API_URL) is Bird's API"
+                )
+            if time.monotonic() > deadline:
+                raise _Failure(
+                    "ReadTimeout",
+                    f"ReadTimeout on GET {self.path}: the response was still coming in after "
+                    f"{self.total_timeout:g}s ({size} bytes of body so far)",
+                )
+        return b"".join(chunks)
 
     def _failure(self, kind: str, exc: Exception) -> _Failure:
         return _Failure(kind, f"{kind} on GET {self.path}: {self._shown(_exc_text(exc))}")
@@ -476,17 +514,21 @@ class Channel:
     def _reply(self) -> _Reply:
         client = self._client
         assert self._conn is not None
+        deadline = time.monotonic() + client.total_timeout
         reading_body = False
         try:
             response = self._conn.getresponse()
             reading_body = True
-            content = response.read()
+            content = client._read_body(response, deadline)
         except urllib3.exceptions.DecodeError as exc:  # as requests: not worth retrying
             self.close()
             raise client._fatal("ContentDecodingError", exc) from None
         except _TRANSPORT_ERRORS as exc:
             self.close()
             raise client._failure(_kind(exc, reading_body=reading_body), exc) from exc
+        except SourceError:  # too slow or too large: the rest of the body is not wanted
+            self.close()
+            raise
         return _Reply(response.status, response.reason or "", response.headers, content)
 
     def close(self) -> None:
