@@ -307,7 +307,24 @@ def _parse_str(value: Any) -> str:
 
 
 def _parse_secret(value: Any) -> Secret:
-    return Secret(_parse_str(value))
+    """The access key: printable ASCII without whitespace, as an HTTP header can carry it
+    (a key with a line break inside once reached http.client, whose error showed it whole).
+    The problem is named, never the key or where in it the character is."""
+    text = _parse_str(value)
+    if all("!" <= c <= "~" for c in text):
+        return Secret(text)
+    if any(c in "\r\n" for c in text):
+        problem = "holds a line break (was a second line copied with it?)"
+    elif any(c.isspace() for c in text):
+        problem = "holds a space or another blank"
+    elif not text.isascii():
+        problem = "holds a character that is not ASCII (a copy from a web page or a document?)"
+    else:
+        problem = "holds a control character"
+    raise ValueError(
+        f"{problem}; an access key is printable ASCII without spaces or line breaks: copy "
+        "the key again from Bird, alone and whole"
+    )
 
 
 PARSERS: dict[str, Callable[[Any], Any]] = {

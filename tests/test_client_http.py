@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import gzip
 import logging
+import socket
 import ssl
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -153,6 +157,27 @@ def test_5xx_then_success(client: BirdClient, simulator: Simulator, status: int)
     assert client.stats.snapshot()["errors"] == {str(status): 2}
 
 
+def test_408_request_timeout_is_retried(
+    client: BirdClient, simulator: Simulator, waits: Waits
+) -> None:
+    simulator.faults.add("status", status=408, retry_after="1", times=2)
+    body, _ = client.fetch(QUERY)
+    assert len(body["results"]) == 5
+    assert served(simulator) == [408, 408, 200]
+    assert waits == [1.0, 1.0]
+    assert client.stats.snapshot()["errors"] == {"408": 2}
+
+
+def test_408_is_retried_within_the_same_budget(
+    client: BirdClient, simulator: Simulator, waits: Waits
+) -> None:
+    simulator.faults.add("status", status=408, times=100)
+    with pytest.raises(RetriesExhausted, match="408 Request Timeout"):
+        client.fetch(QUERY)
+    assert served(simulator) == [408] * 6
+    assert len(waits) == 5
+
+
 def test_retries_are_exhausted(client: BirdClient, simulator: Simulator, waits: Waits) -> None:
     simulator.faults.add("status", status=503, times=100)
     with pytest.raises(RetriesExhausted) as raised:
@@ -294,6 +319,27 @@ def test_the_access_key_never_shows(
         assert ACCESS_KEY not in message
 
 
+@pytest.mark.parametrize("ahead", [False, True])
+@pytest.mark.parametrize(
+    "key", ["sk_live_first_line\nsk_live_second_line", "sk_live_zero\u200bwidth_space"]
+)
+def test_an_access_key_a_header_cannot_carry_is_a_source_error_that_hides_it(
+    make_client: Callable[..., BirdClient], simulator: Simulator, key: str, ahead: bool
+) -> None:
+    """Config refuses such a key; a client given one anyway raised http.client's bare
+    ValueError (its message the whole key) or UnicodeEncodeError, in a traceback."""
+    client = make_client(access_key=key, rate_limiter=RateLimiter(UNLIMITED))
+    with client.channel() as channel, pytest.raises(FatalSourceError) as raised:
+        client.fetch(QUERY, channel.send(QUERY) if ahead else None)
+    shown = "".join(traceback.format_exception(raised.value))
+    assert "a header holds a character HTTP cannot carry" in shown
+    assert "access_key" in shown
+    for part in ("sk_live", "first_line", "second_line", "zero", "width_space"):
+        assert part not in shown
+    assert simulator.requests == []
+    assert client.stats.snapshot()["retries"] == 0
+
+
 def test_a_set_stop_interrupts_before_sending(make_client: Callable[..., BirdClient]) -> None:
     stop = threading.Event()
     client = make_client(stop=stop, sleep=None)
@@ -341,6 +387,21 @@ def test_threads_share_one_client(client: BirdClient) -> None:
 )
 def test_parse_retry_after(header: str | None, seconds: float | None) -> None:
     assert parse_retry_after(header) == seconds
+
+
+@pytest.mark.parametrize("header", ["Fri, 31 Dec 10000 23:59:59 GMT", "9" * 5000])
+def test_an_unparseable_retry_after_is_ignored(
+    client: BirdClient, simulator: Simulator, waits: Waits, header: str
+) -> None:
+    """urllib3 raises ValueError (not InvalidHeader) for these: a bare crash until it was
+    caught; now the 429 is retried with the usual backoff, as without the header."""
+    assert parse_retry_after(header) is None
+    simulator.faults.add("status", status=429, retry_after=header, times=1)
+    body, _ = client.fetch(QUERY)
+    assert len(body["results"]) == 5
+    assert served(simulator) == [429, 200]
+    assert len(waits) == 1
+    assert 0 <= waits[0] <= 0.5  # the first step of the exponential backoff
 
 
 def test_parse_retry_after_in_the_past_is_zero() -> None:
@@ -518,3 +579,172 @@ def test_https_refuses_a_certificate_it_cannot_verify(stock: SyntheticStock, wai
         with client, pytest.raises(RetriesExhausted, match="SSLError"):
             pages_of(client)
         assert simulator.requests == []  # nothing got past the handshake
+
+
+# --- replies the simulator cannot give: a scripted server -----------------------------------
+
+Script = bytes | Callable[[socket.socket], None]
+
+
+class Scripted:
+    """A raw HTTP/1.1 server on 127.0.0.1 for replies the simulator cannot give (an error body
+    that echoes the access key, a body that trickles in): each request gets the next scripted
+    reply, the last one again and again. A reply is the raw bytes to send, or a function that
+    writes to the socket itself. ``heads`` are the requests' header blocks as received."""
+
+    def __init__(self, *replies: Script) -> None:
+        self.replies = list(replies)
+        self.heads: list[str] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._conns: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            self._conns.append(conn)
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buffer = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buffer += data
+                head, buffer = buffer.split(b"\r\n\r\n", 1)
+                self.heads.append(head.decode("latin-1"))
+                script = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+                if callable(script):
+                    script(conn)
+                else:
+                    conn.sendall(script)
+        except OSError:
+            return  # the client went away, or close() below
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept(); close() alone does not
+        self._listener.close()
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+        for thread in self._threads:
+            thread.join(5)
+
+
+def raw_reply(status: int, reason: str, body: bytes, *headers: str) -> bytes:
+    head = [f"HTTP/1.1 {status} {reason}", f"Content-Length: {len(body)}", *headers]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., tuple[Scripted, BirdClient]]]:
+    """``scripted(*replies, **client_options)``: a Scripted server and a client of it."""
+    made: list[tuple[Scripted, BirdClient]] = []
+
+    def make(*replies: Script, **options: Any) -> tuple[Scripted, BirdClient]:
+        server = Scripted(*replies)
+        options.setdefault("sleep", Waits())
+        options.setdefault("rate_limiter", RateLimiter(1000))
+        key = options.pop("access_key", ACCESS_KEY)
+        client = BirdClient(server.url, Secret(key), ORGANIZATION_ID, **options)
+        made.append((server, client))
+        return server, client
+
+    yield make
+    for server, client in made:
+        client.close()
+        server.close()
+
+
+KEY = "SECRETKEY0123456789abcdefghijklmnopqrstuv"  # 40 characters
+
+
+def assert_no_part_of_key(text: str) -> None:
+    for start in range(len(KEY) - 5):
+        assert KEY[start : start + 6] not in text, text
+
+
+@pytest.mark.parametrize("status", [400, 200])
+def test_a_key_echoed_where_a_long_body_is_cut_shows_no_part_of_it(
+    scripted: Callable[..., tuple[Scripted, BirdClient]], status: int
+) -> None:
+    """A server (or proxy) echoing the request's headers in its body, the key straddling the
+    300th character where the body is shortened for the message: the key was redacted only
+    after the cut, so its first 20-odd characters showed."""
+    body = b'{"echo": "' + b"x" * 250 + b" Authorization: AccessKey " + KEY.encode() + b'"}'
+    if status == 200:
+        body = body[1:]  # not JSON: the "body was not JSON" message quotes it
+    reply = raw_reply(status, "Bad Request" if status == 400 else "OK", body)
+    _, client = scripted(reply, access_key=KEY)
+    with pytest.raises(FatalSourceError if status == 400 else PaginationError) as raised:
+        client.fetch(QUERY)
+    assert "AccessKey ***" in str(raised.value)
+    assert_no_part_of_key(str(raised.value))
+
+
+def test_a_key_in_a_long_exception_message_is_redacted_before_the_cut(
+    scripted: Callable[..., tuple[Scripted, BirdClient]],
+) -> None:
+    _, client = scripted(raw_reply(200, "OK", b"{}"), access_key=KEY)
+    exc = OSError("x" * 270 + " AccessKey " + KEY)
+    for error in (client._failure("ConnectionError", exc), client._fatal("SSLError", exc)):
+        assert "AccessKey ***" in str(error)
+        assert_no_part_of_key(str(error))
+
+
+def drip(conn: socket.socket) -> None:
+    """A 200 whose body comes a byte every 50 ms: each read is quick, the whole is not."""
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n"
+    )
+    for byte in b'{"results": [' + b" " * 187:
+        conn.sendall(bytes([byte]))
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("ahead", [False, True])
+def test_a_body_that_trickles_in_is_cut_at_the_total_timeout(
+    scripted: Callable[..., tuple[Scripted, BirdClient]], ahead: bool
+) -> None:
+    """read_timeout bounds each wait for bytes, so a body dripping in held a page for as long
+    as the server liked (10 s here, each try; minutes in the reviewer's probe); now each try
+    ends at total_timeout and is retried."""
+    server, client = scripted(drip, read_timeout=1, total_timeout=0.5, max_attempts=2)
+    started = time.monotonic()
+    with client.channel() as channel, pytest.raises(RetriesExhausted) as raised:
+        client.fetch(QUERY, channel.send(QUERY) if ahead else None)
+    assert time.monotonic() - started < 3  # two tries of 0.5 s, not two of 10 s
+    assert "still coming in after 0.5s" in str(raised.value)
+    assert "failed 2 times" in str(raised.value)
+    assert client.stats.snapshot()["errors"] == {"ReadTimeout": 2}
+    assert len(server.heads) == 2
+
+
+@pytest.mark.parametrize("ahead", [False, True])
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+def test_a_body_larger_than_32_mib_fails_the_page(
+    scripted: Callable[..., tuple[Scripted, BirdClient]], ahead: bool, encoding: str
+) -> None:
+    body = b" " * ((32 << 20) + 1)  # gzip: 33 MiB from about 30 KB, a small bomb
+    if encoding == "gzip":
+        body = gzip.compress(body, compresslevel=1)
+    reply = raw_reply(200, "OK", body, f"Content-Encoding: {encoding}")
+    server, client = scripted(reply)
+    with client.channel() as channel, pytest.raises(FatalSourceError) as raised:
+        client.fetch(QUERY, channel.send(QUERY) if ahead else None)
+    assert "returned a body of more than 32 MiB" in str(raised.value)
+    assert "NUMBERS_ETL_API_URL" in str(raised.value)
+    assert client.stats.snapshot()["errors"] == {"BodyTooLarge": 1}
+    assert len(server.heads) == 1  # not retried

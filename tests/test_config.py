@@ -110,6 +110,39 @@ def test_access_key_from_file_never_shown(tmp_path: Path) -> None:
     assert s.redacted()["access_key"] == "***"
 
 
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [
+        ("sk_live_first\nsk_live_second", "holds a line break"),
+        ("sk_live_first\r\nsk_live_second", "holds a line break"),
+        ("sk_live first", "holds a space or another blank"),
+        ("sk_live\tfirst", "holds a space or another blank"),
+        ("sk_live\u00a0first", "holds a space or another blank"),
+        ("sk_live\u200bfirst", "not ASCII"),
+        ("sk_live_caf\u00e9_first", "not ASCII"),
+        ("sk_live\x00first", "holds a control character"),
+        ("sk_live\x7ffirst", "holds a control character"),
+    ],
+)
+def test_an_access_key_an_http_header_cannot_carry_is_refused(
+    tmp_path: Path, key: str, problem: str
+) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(key + "\n", encoding="utf-8")
+    for env in (
+        {"NUMBERS_ETL_ACCESS_KEY": key},
+        {"NUMBERS_ETL_ACCESS_KEY_FILE": str(key_file)},
+    ):
+        with pytest.raises(ConfigError) as caught:
+            load_settings(env=env)
+        (message,) = caught.value.problems
+        assert message.startswith("access_key = (hidden) (env NUMBERS_ETL_ACCESS_KEY")
+        assert problem in message
+        assert "printable ASCII without spaces or line breaks" in message
+        assert "sk_live" not in str(caught.value)
+        assert "first" not in str(caught.value)
+
+
 def test_missing_access_key_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"NUMBERS_ETL_ACCESS_KEY_FILE=.*cannot be read"):
         load_settings(env={"NUMBERS_ETL_ACCESS_KEY_FILE": str(tmp_path / "nope")})

@@ -1,9 +1,10 @@
 """The HTTP client of Bird's stock listing: one session, the access key, timeouts, the rate
 limit and bounded retries.
 
-One request reads as: wait for the rate limit, send, classify the response (a page, a
-retriable failure or a fatal one), and on a retriable failure back off and try again, at most
-``max_attempts`` times and ``max_total_wait`` seconds of waiting per page."""
+One request reads as: wait for the rate limit, send, read the response within
+``total_timeout``, classify it (a page, a retriable failure or a fatal one), and on a
+retriable failure back off and try again, at most ``max_attempts`` times and
+``max_total_wait`` seconds of waiting per page."""
 
 from __future__ import annotations
 
@@ -41,17 +42,23 @@ from etl.errors import (
     PaginationError,
     RetriableSourceError,
     RetriesExhausted,
+    SourceError,
 )
 from etl.source.ratelimit import RateLimiter
 
 log = logging.getLogger("etl.source")
 
 MAX_BODY_SHOWN = 300
+MAX_BODY = 32 << 20  # bytes of a decoded body; a page of 99 items is about 50 KB
+READ_CHUNK = 1 << 16  # at most this much per read of a body (one recv of the socket at most)
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 10.0
 POOL_SIZE = 32
 MIN_REDACTED_KEY = 8
 AUTH_STATUSES = (401, 403, 404)
+# retried like a 5xx, with the server's Retry-After when it gives one: over the rate limit,
+# or a server (or a proxy on the way) that gave up waiting for the request
+RETRY_AFTER_STATUSES = (408, 429)
 _QUERY_RE = re.compile(r"\?[^\s'\")]*")
 
 
@@ -128,8 +135,9 @@ def shorten(text: str, limit: int = MAX_BODY_SHOWN) -> str:
 
 
 def _exc_text(exc: Exception) -> str:
-    """A shortened exception message, with URL query strings (page tokens) left out."""
-    return shorten(_QUERY_RE.sub("?...", str(exc)))
+    """An exception message with URL query strings (page tokens) left out; not yet shortened
+    (the access key is redacted first, then the message is shortened)."""
+    return _QUERY_RE.sub("?...", str(exc))
 
 
 _DECODER = msgspec.json.Decoder()
@@ -146,12 +154,14 @@ def decode_json(content: bytes) -> Any:
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (seconds or an HTTP date), None if unusable."""
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date), None if unusable
+    (urllib3 raises ValueError or OverflowError, not InvalidHeader, for a date past year 9999
+    or a number of more than 4300 digits: the retry then backs off as without the header)."""
     if not value:
         return None
     try:
         return float(Retry().parse_retry_after(value))
-    except InvalidHeader:
+    except (InvalidHeader, ValueError, OverflowError):
         return None
 
 
@@ -167,6 +177,7 @@ class BirdClient:
         rate_limiter: RateLimiter,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
+        total_timeout: float = 60.0,
         max_attempts: int = 6,
         max_total_wait: float = 60.0,
         stats: ClientStats | None = None,
@@ -178,6 +189,9 @@ class BirdClient:
         self.url = api_url.rstrip("/") + self.path
         self.rate_limiter = rate_limiter
         self.timeout = (connect_timeout, read_timeout)
+        # read_timeout bounds each wait for the next bytes; total_timeout the whole response,
+        # which a server sending a byte now and then would otherwise hold open for hours
+        self.total_timeout = total_timeout
         self.max_attempts = max(1, max_attempts)
         self.max_total_wait = max_total_wait
         self.stats = stats if stats is not None else ClientStats()
@@ -288,6 +302,7 @@ class BirdClient:
         if self.stop is not None and self.stop.is_set():
             raise Interrupted(f"stopped before GET {self.path}")
         self.stats.count_request()
+        deadline = time.monotonic() + self.total_timeout
         try:
             with self._adapter.send(
                 self._request(params),
@@ -296,8 +311,9 @@ class BirdClient:
                 proxies=self._proxies,
             ) as response:
                 # the body is read here, where its errors are retried
+                content = self._read_body(response.raw, deadline)
                 return _Reply(
-                    response.status_code, response.reason or "", response.headers, response.content
+                    response.status_code, response.reason or "", response.headers, content
                 )
         except (
             requests.ConnectionError,
@@ -305,15 +321,59 @@ class BirdClient:
             requests.exceptions.ChunkedEncodingError,
         ) as exc:
             raise self._failure(type(exc).__name__, exc) from exc
-        except requests.RequestException as exc:  # an invalid URL, a body not decodable ...
+        except requests.RequestException as exc:  # an invalid URL ...
             raise self._fatal(type(exc).__name__, exc) from None
+        except urllib3.exceptions.DecodeError as exc:  # as requests: not worth retrying
+            raise self._fatal("ContentDecodingError", exc) from None
+        except _TRANSPORT_ERRORS as exc:  # reading the body
+            raise self._failure(_kind(exc, reading_body=True), exc) from exc
+        except (ValueError, UnicodeError) as exc:
+            raise self._unsendable(exc) from None
+
+    def _read_body(self, response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
+        """The whole body, decoded, taken as it arrives (``read1``: what the socket holds, up
+        to READ_CHUNK), so that a body still coming in at ``deadline`` fails the attempt as a
+        ReadTimeout (no later than one ``read_timeout`` after it), and one larger than
+        MAX_BODY (a gzip bomb too) fails the page. A usual page takes a few reads."""
+        chunks = []
+        size = 0
+        while chunk := response.read1(READ_CHUNK, decode_content=True):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_BODY:
+                self.stats.count_error("BodyTooLarge", retried=False)
+                raise FatalSourceError(
+                    f"GET {self.path} returned a body of more than {MAX_BODY >> 20} MiB, where "
+                    "a page of 99 items is about 50 KB; check that api_url "
+                    "(NUMBERS_ETL_API_URL) is Bird's API"
+                )
+            if time.monotonic() > deadline:
+                raise _Failure(
+                    "ReadTimeout",
+                    f"ReadTimeout on GET {self.path}: the response was still coming in after "
+                    f"{self.total_timeout:g}s ({size} bytes of body so far)",
+                )
+        return b"".join(chunks)
 
     def _failure(self, kind: str, exc: Exception) -> _Failure:
-        return _Failure(kind, self._redact(f"{kind} on GET {self.path}: {_exc_text(exc)}"))
+        return _Failure(kind, f"{kind} on GET {self.path}: {self._shown(_exc_text(exc))}")
 
     def _fatal(self, kind: str, exc: Exception) -> FatalSourceError:
         self.stats.count_error(kind, retried=False)
-        return FatalSourceError(self._redact(f"{kind} on GET {self.path}: {_exc_text(exc)}"))
+        return FatalSourceError(f"{kind} on GET {self.path}: {self._shown(_exc_text(exc))}")
+
+    def _unsendable(self, exc: Exception) -> FatalSourceError:
+        """http.client refused to write the request: a header value holds a line break or a
+        character outside Latin-1. Its message quotes the header whole, in a form that
+        redaction cannot match, so only the exception's name is shown."""
+        kind = type(exc).__name__
+        self.stats.count_error(kind, retried=False)
+        return FatalSourceError(
+            f"{kind} on GET {self.path}: the request could not be written, because a header "
+            "holds a character HTTP cannot carry; check that access_key "
+            "(NUMBERS_ETL_ACCESS_KEY or NUMBERS_ETL_ACCESS_KEY_FILE) is printable ASCII "
+            "without spaces or line breaks"
+        )
 
     def _target(self, params: Mapping[str, Any]) -> str:
         return f"{self._split.path}?{urlencode(params, doseq=True)}"
@@ -349,7 +409,7 @@ class BirdClient:
                 f"along): set api_url (NUMBERS_ETL_API_URL) to the API's address"
                 + (f", which the response gives as {self._redact(location)!r}" if location else "")
             )
-        if status == 429:
+        if status in RETRY_AFTER_STATUSES:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             raise _Failure(str(status), detail, retry_after)
         if status >= 500:
@@ -373,15 +433,21 @@ class BirdClient:
                 self._redact(
                     f"GET {self.path} returned {response.status} {response.reason} but the "
                     f"body was not JSON (Content-Type: {content_type}): "
-                    f"{shorten(response.text)!r}"
+                    f"{self._shown(response.text)!r}"
                 )
             ) from None
 
     def _describe(self, response: _Reply) -> str:
         return self._redact(
             f"{response.status} {response.reason} for GET {self.path}: "
-            f"{shorten(response.text) or '(empty body)'}"
+            f"{self._shown(response.text) or '(empty body)'}"
         )
+
+    def _shown(self, text: str) -> str:
+        """``text`` (a body, an exception's message) as an error shows it: the access key
+        redacted in the whole text first, then shortened, so that a key straddling the cut
+        cannot show in part."""
+        return shorten(self._redact(text))
 
     def _redact(self, text: str) -> str:
         """``text`` without the access key, should a server or library ever echo it (keys of
@@ -440,22 +506,29 @@ class Channel:
         except _TRANSPORT_ERRORS as exc:
             self.close()
             return Sent(self, client._failure(_kind(exc), exc))
+        except (ValueError, UnicodeError) as exc:
+            self.close()
+            return Sent(self, client._unsendable(exc))
         return Sent(self, None)
 
     def _reply(self) -> _Reply:
         client = self._client
         assert self._conn is not None
+        deadline = time.monotonic() + client.total_timeout
         reading_body = False
         try:
             response = self._conn.getresponse()
             reading_body = True
-            content = response.read()
+            content = client._read_body(response, deadline)
         except urllib3.exceptions.DecodeError as exc:  # as requests: not worth retrying
             self.close()
             raise client._fatal("ContentDecodingError", exc) from None
         except _TRANSPORT_ERRORS as exc:
             self.close()
             raise client._failure(_kind(exc, reading_body=reading_body), exc) from exc
+        except SourceError:  # too slow or too large: the rest of the body is not wanted
+            self.close()
+            raise
         return _Reply(response.status, response.reason or "", response.headers, content)
 
     def close(self) -> None:
@@ -475,7 +548,7 @@ class Sent:
     """A page's request sent early on a Channel (or the failure of sending it)."""
 
     channel: Channel
-    failure: _Failure | None
+    failure: SourceError | None  # raised when the page is wanted: _Failure is retried
 
     def reply(self) -> _Reply:
         if self.failure is not None:
