@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from etl import __version__
-from etl.config import DEFAULT_DATABASE_URL, PARSERS, Settings, load_settings, redact_url
+from etl.config import (
+    DEFAULT_DATABASE_URL,
+    PARSERS,
+    Settings,
+    load_settings,
+    redact_url,
+    url_secrets,
+)
 from etl.errors import (
     AuthError,
     ConfigError,
@@ -25,7 +32,7 @@ from etl.errors import (
     LockHeld,
     SchemaOutOfDate,
 )
-from etl.logs import register_secret, setup_logging
+from etl.logs import register_secret, scrub, setup_logging
 from etl.sync import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, RunResult
 
 if TYPE_CHECKING:
@@ -60,7 +67,7 @@ class Group(click.Group):
             if _json_logs(ctx):
                 log.error("%s", exc, extra={"exit_code": code})
             else:
-                click.echo(f"Error: {exc}", err=True)
+                click.echo(f"Error: {scrub(str(exc))}", err=True)
             ctx.exit(code)
 
 
@@ -92,7 +99,8 @@ def config_options(func: F) -> F:
         settings = load_settings(flags, config_path=config)
         if settings.access_key is not None:
             register_secret(settings.access_key.reveal())
-        register_secret(_db_password(settings.database_url))
+        for secret in url_secrets(settings.database_url):
+            register_secret(secret)
         return func(*args, settings=settings, **kwargs)
 
     for key, help_text in reversed(CONFIG_FLAGS):
@@ -107,12 +115,6 @@ def config_options(func: F) -> F:
         help="TOML configuration file. [env NUMBERS_ETL_CONFIG]",
     )(wrapper)
     return wrapper
-
-
-def _db_password(url: str) -> str | None:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).password
 
 
 def metrics_file_option(func: F) -> F:

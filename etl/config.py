@@ -11,13 +11,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, quote_plus, unquote_plus, urlsplit
 
 import pycountry
 
 from etl.errors import ConfigError
 from etl.records import NUMBER_TYPES
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 ENV_PREFIX = "NUMBERS_ETL_"
 CONFIG_ENV = "NUMBERS_ETL_CONFIG"
@@ -110,15 +113,71 @@ class Settings:
         return out
 
 
-def redact_url(url: str) -> str:
-    """The database URL with its password replaced by ``***``."""
+# Connection options in a URL's query string whose values are secrets: libpq's `password`
+# and `sslpassword`, PyMySQL's `password`, `passwd` and `ssl_key_password`, and anything
+# else named like one.
+_SECRET_OPTION = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)
+_QUERY_OPTION = re.compile(r"([?&]([^=&]*)=)([^&]*)")
+
+
+def _is_secret_option(name: str) -> bool:
+    return bool(_SECRET_OPTION.search(unquote_plus(name)))
+
+
+def _parsed_url(url: str) -> URL | None:
+    """``url`` parsed, or None when it cannot be, or when an '@' is left in its host (a
+    password holding an '@' that was not percent-encoded: the host then holds its end)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+        parsed = make_url(url)  # ValueError for a port that is not a number
+    except (ArgumentError, ValueError):
+        return None
+    if parsed.host and "@" in parsed.host:
+        return None
+    return parsed
+
+
+def _mask_query(text: str) -> str:
+    return _QUERY_OPTION.sub(
+        lambda m: m.group(1) + "***" if _is_secret_option(m.group(2)) else m.group(0), text
+    )
+
+
+def redact_url(url: str) -> str:
+    """The database URL with its password, and the values of password-like options in its
+    query string, replaced by ``***``. A URL that cannot be parsed keeps its user name at
+    most: everything from the first ':' after the scheme up to the last '@' is hidden."""
+    parsed = _parsed_url(url)
+    if parsed is not None:
+        return _mask_query(parsed.render_as_string(hide_password=True))
+    text = _mask_query(url)
+    at = text.rfind("@")
+    if at < 0:
+        return text
+    slashes = text.find("//")
+    start = slashes + 2 if 0 <= slashes < at else text.find(":") + 1
+    user, colon, _ = text[start:at].partition(":")
+    return text[:start] + (f"{user}:***" if colon else "***") + text[at:]
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets a database URL holds (its password and the values of password-like
+    query options), each also as it appears percent-encoded, for the log scrubber."""
+    parsed = _parsed_url(url)
+    if parsed is None:
+        return []
+    values = [parsed.password] if parsed.password else []
+    for name, value in parsed.query.items():
+        if _is_secret_option(name):
+            values.extend([value] if isinstance(value, str) else value)
+    out: list[str] = []
+    for value in values:
+        for form in (value, quote(value, safe=""), quote_plus(value)):
+            if form and form not in out:
+                out.append(form)
+    return out
 
 
 # --- parsing and validation of each key ---------------------------------------------------

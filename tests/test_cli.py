@@ -16,10 +16,12 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from etl.simulator import Simulator, SyntheticStock
+from etl.store.engine import make_engine
 from etl.store.lock import DatabaseLock
+from etl.store.migrate import head_revision
 from etl.store.schema import number_events, numbers, sync_runs, sync_scopes
 from etl.sync import Sync
-from tests.conftest import ACCESS_KEY, make_settings, sim_env
+from tests.conftest import ACCESS_KEY, database_url, make_settings, sim_env, wipe
 from tests.procs import (
     etl_process,
     invoke,
@@ -330,3 +332,55 @@ def test_malformed_database_url_exits_2() -> None:
     result = invoke({}, "status", "--database-url", "nonsense://")
     assert result.exit_code == 2
     assert "database_url = 'nonsense://' (flag --database-url): " in result.stderr
+
+
+# --- database URLs: secrets hidden, mistakes named ----------------------------------------
+
+SECRET = "s3cretpw"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql+psycopg://root@127.0.0.1/test?password={SECRET}",
+        f"postgresql+psycopg://root@127.0.0.1/test?sslpassword={SECRET}",
+        f"mysql+pymysql://root@127.0.0.1/test?password={SECRET}",
+        f"mysql+pymysql://root@127.0.0.1/test?passwd={SECRET}",
+    ],
+)
+def test_config_show_hides_a_password_in_the_query_string(url: str) -> None:
+    result = invoke({"NUMBERS_ETL_DATABASE_URL": url}, "config", "show")
+    assert result.exit_code == 0, result.output
+    assert "=***" in result.stdout
+    assert SECRET not in result.output
+
+
+@pytest.mark.parametrize("args", [("runs",), ("db", "current"), ("db", "upgrade"), ("status",)])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql+psycopg://root@127.0.0.1:1/test?password={SECRET}",
+        f"mysql+pymysql://root@127.0.0.1:1/test?password={SECRET}",
+    ],
+)
+def test_database_errors_hide_a_password_in_the_query_string(
+    url: str, args: tuple[str, ...]
+) -> None:
+    result = invoke({"NUMBERS_ETL_DATABASE_URL": url}, *args)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("Error: cannot use the database ")
+    assert "=***" in result.stderr
+    assert SECRET not in result.output
+
+
+def test_db_upgrade_hides_a_password_in_the_query_string(tmp_path: Path) -> None:
+    url = database_url("postgresql", tmp_path)  # trust authentication: the password is unused
+    engine = make_engine(url)
+    try:
+        wipe(engine)
+    finally:
+        engine.dispose()
+    result = invoke({"NUMBERS_ETL_DATABASE_URL": f"{url}?password={SECRET}"}, "db", "upgrade")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.endswith(f"?password=*** is at revision {head_revision()}\n")
+    assert SECRET not in result.output

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from etl.config import DEFAULT_DATABASE_URL, Secret, load_settings, parse_interval
+from etl.config import (
+    DEFAULT_DATABASE_URL,
+    Secret,
+    load_settings,
+    parse_interval,
+    redact_url,
+    url_secrets,
+)
 from etl.errors import ConfigError
 
 
@@ -162,3 +169,61 @@ def test_schedule_forms() -> None:
     assert parse_interval("30m") == 1800
     assert parse_interval("6h") == 21600
     assert parse_interval("0 */6 * * *") is None
+
+
+# --- database URLs: passwords hidden, malformed ones named ----------------------------------
+
+SECRET = "s3cretpw"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql+psycopg://root@127.0.0.1/test?password={SECRET}",
+        f"postgresql+psycopg://root@127.0.0.1/test?sslmode=require&sslpassword={SECRET}",
+        f"postgresql+psycopg://u:other-pw@h/db?password={SECRET}&password=two",
+        f"mysql+pymysql://root@127.0.0.1/test?password={SECRET}",
+        f"mysql+pymysql://root@127.0.0.1/test?passwd={SECRET}&charset=utf8mb4",
+        f"mysql+pymysql://root@127.0.0.1/test?ssl_key=/k.pem&ssl_key_password={SECRET}",
+    ],
+)
+def test_passwords_in_the_query_string_are_hidden(url: str) -> None:
+    shown = redact_url(url)
+    assert SECRET not in shown
+    assert "=***" in shown
+    assert SECRET in url_secrets(url)
+    s = load_settings(env={"NUMBERS_ETL_DATABASE_URL": url})
+    assert SECRET not in str(s.redacted())
+
+
+def test_other_query_options_stay_visible() -> None:
+    url = f"postgresql+psycopg://u:{SECRET}@h/db?sslmode=require&application_name=etl"
+    assert redact_url(url) == (
+        "postgresql+psycopg://u:***@h/db?application_name=etl&sslmode=require"
+    )
+
+
+def test_url_secrets_include_the_percent_encoded_forms() -> None:
+    url = "postgresql+psycopg://u:p%40ss%2Fword@h/db?password=a%26b"
+    secrets = url_secrets(url)
+    assert {"p@ss/word", "p%40ss%2Fword", "a&b", "a%26b"} <= set(secrets)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # no ':' after the scheme: SQLAlchemy cannot parse it
+        (f"postgresql+psycopg//u:{SECRET}@h/db", "postgresql+psycopg//u:***@h/db"),
+        # an '@' in the password that was not percent-encoded
+        (f"postgresql+psycopg://u:{SECRET}@pw@h/db", "postgresql+psycopg://u:***@h/db"),
+        (
+            f"postgresql+psycopg://u:{SECRET}@h:notaport/db",
+            "postgresql+psycopg://u:***@h:notaport/db",
+        ),
+        (f"postgresql+psycopg:u:{SECRET}@h/db", "postgresql+psycopg:u:***@h/db"),
+        (f"pg{SECRET}@h/db", "***@h/db"),
+        (f"nonsense//u@h/db?password={SECRET}", "nonsense//***@h/db?password=***"),
+    ],
+)
+def test_credentials_of_an_unparsable_url_are_hidden(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
