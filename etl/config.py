@@ -262,6 +262,19 @@ def _parse_database_url(value: Any) -> str:
             "is not a database URL; expected e.g. sqlite:///numbers_stock.sqlite, "
             "postgresql+psycopg://user@host/db or mysql+pymysql://user@host/db"
         ) from None
+    except ValueError:  # SQLAlchemy's int() of the port
+        raise ValueError(
+            "has a malformed host or port: the port must be a number and an IPv6 address "
+            "goes in brackets, e.g. postgresql+psycopg://user@host:5432/db or "
+            "postgresql+psycopg://user@[::1]:5432/db"
+        ) from None
+    if url.host and "@" in url.host:
+        raise ValueError(
+            "has more than one '@' before its host: percent-encode an '@' in the user name "
+            "or password as %40 (and ':' as %3A, '/' as %2F)"
+        )
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ValueError("has a port outside 1..65535")
     try:
         dialect = url.get_dialect()
     except NoSuchModuleError:

@@ -384,3 +384,24 @@ def test_db_upgrade_hides_a_password_in_the_query_string(tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     assert result.stdout.endswith(f"?password=*** is at revision {head_revision()}\n")
     assert SECRET not in result.output
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql+psycopg://u:{SECRET}@h:notaport/db",
+        f"postgresql+psycopg://u:{SECRET}@h:5432:5432/db",
+        f"postgresql+psycopg://u:{SECRET}@[::1/db",
+        f"postgresql+psycopg//u:{SECRET}@h/db",
+        f"postgresql+psycopg://u:{SECRET}@pw@h/db",
+    ],
+)
+@pytest.mark.parametrize("args", [("config", "show"), ("sync",), ("db", "current")])
+def test_malformed_database_url_exits_2_without_the_password(
+    url: str, args: tuple[str, ...]
+) -> None:
+    result = invoke({"NUMBERS_ETL_DATABASE_URL": url}, *args)
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert result.stderr.startswith("Error: invalid configuration:\n  - database_url = ")
+    assert SECRET not in result.output
+    assert "@pw" not in result.output

@@ -227,3 +227,23 @@ def test_url_secrets_include_the_percent_encoded_forms() -> None:
 )
 def test_credentials_of_an_unparsable_url_are_hidden(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (f"postgresql+psycopg://u:{SECRET}@h:notaport/db", "has a malformed host or port"),
+        (f"postgresql+psycopg://u:{SECRET}@h:5432:5432/db", "has a malformed host or port"),
+        (f"postgresql+psycopg://u:{SECRET}@[::1/db", "has a malformed host or port"),
+        (f"postgresql+psycopg://u:{SECRET}@h:70000/db", "has a port outside 1..65535"),
+        (f"postgresql+psycopg://u:{SECRET}@pw@h/db", "percent-encode an '@'"),
+        (f"postgresql+psycopg//u:{SECRET}@h/db", "is not a database URL"),
+    ],
+)
+def test_malformed_database_url_is_a_config_error_without_the_password(
+    url: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_settings(env={"NUMBERS_ETL_DATABASE_URL": url})
+    assert "database_url = " in str(caught.value)
+    assert SECRET not in str(caught.value)
