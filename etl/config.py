@@ -295,7 +295,57 @@ def _parse_database_url(value: Any) -> str:
             f"needs the {url.drivername!r} driver, which is not installed; "
             f"install it with: pip install 'numbers-etl[{extra}]'"
         ) from None
+    unknown = _unknown_connect_options(url, dialect)
+    if unknown:
+        raise ValueError(
+            f"has the connection option{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(o) for o in unknown)}, which the {url.get_driver_name()} driver "
+            "does not know; check the spelling or remove "
+            f"{'them' if len(unknown) > 1 else 'it'} from the query string"
+        )
     return url_text
+
+
+def _unknown_connect_options(url: URL, dialect_cls: Any) -> list[str]:
+    """The options of ``url``'s query string that its driver would refuse when it connects
+    (psycopg: libpq's keywords; PyMySQL: its connect() arguments). Other drivers: none."""
+    if not url.query:
+        return []
+    driver = url.get_driver_name()
+    if driver not in ("psycopg", "pymysql"):
+        return []
+    dialect = dialect_cls(dbapi=dialect_cls.import_dbapi())
+    given = set(url.query)
+    bad = []
+    for option in sorted(given):
+        try:
+            dialect.create_connect_args(url.set(query={option: url.query[option]}))
+        except (TypeError, ValueError):  # SQLAlchemy's conversion to a number or a boolean
+            bad.append(option)
+    if bad:
+        raise ValueError(
+            f"has a value the {driver} driver cannot use for the connection option"
+            f"{'s' if len(bad) > 1 else ''} {', '.join(repr(o) for o in bad)}: "
+            "a whole number or true/false is expected"
+        )
+    _args, params = dialect.create_connect_args(url)
+    if driver == "pymysql":
+        import inspect
+
+        import pymysql
+
+        known = set(inspect.signature(pymysql.connections.Connection.__init__).parameters)
+        return sorted(o for o in given if o not in known and o in params)
+    from psycopg import Error as PsycopgError
+    from psycopg.conninfo import make_conninfo
+
+    unknown = []
+    for option in sorted(given - {"autocommit", "prepare_threshold"}):
+        try:
+            make_conninfo("", **{option: "x"})
+        except PsycopgError:
+            unknown.append(option)
+    return unknown
 
 
 def _parse_countries(value: Any) -> tuple[str, ...]:

@@ -405,3 +405,16 @@ def test_malformed_database_url_exits_2_without_the_password(
     assert result.stderr.startswith("Error: invalid configuration:\n  - database_url = ")
     assert SECRET not in result.output
     assert "@pw" not in result.output
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://root@127.0.0.1:5432/test?foo=bar",
+        "mysql+pymysql://root@127.0.0.1:3306/test?foo=bar",
+    ],
+)
+def test_unknown_connection_option_exits_2_naming_it(url: str) -> None:
+    result = invoke({"NUMBERS_ETL_DATABASE_URL": url}, "db", "current")
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "has the connection option 'foo', which the " in result.stderr

@@ -247,3 +247,39 @@ def test_malformed_database_url_is_a_config_error_without_the_password(
         load_settings(env={"NUMBERS_ETL_DATABASE_URL": url})
     assert "database_url = " in str(caught.value)
     assert SECRET not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "postgresql+psycopg://root@127.0.0.1/test?foo=bar",
+            "has the connection option 'foo', which the psycopg driver does not know",
+        ),
+        (
+            "mysql+pymysql://root@127.0.0.1/test?foo=bar&bar=1",
+            "has the connection options 'bar', 'foo', which the pymysql driver does not know",
+        ),
+        (
+            "mysql+pymysql://root@127.0.0.1/test?connect_timeout=soon",
+            "cannot use for the connection option 'connect_timeout'",
+        ),
+    ],
+)
+def test_unknown_connection_option_is_a_config_error(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env={"NUMBERS_ETL_DATABASE_URL": url})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://root@127.0.0.1/test?sslmode=prefer&connect_timeout=5"
+        "&application_name=etl&password=x&options=-c%20statement_timeout%3D0",
+        "mysql+pymysql://root@127.0.0.1/test?charset=utf8mb4&connect_timeout=5&passwd=x"
+        "&ssl_ca=/ca.pem&ssl_check_hostname=false",
+        "sqlite:///numbers_stock.sqlite?timeout=30",
+    ],
+)
+def test_known_connection_options_are_accepted(url: str) -> None:
+    assert load_settings(env={"NUMBERS_ETL_DATABASE_URL": url}).database_url == url
