@@ -415,7 +415,13 @@ def db_current(settings: Settings) -> None:
 
 
 @cli.command()
-@click.option("--limit", default=10, show_default=True, help="How many runs to show.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="How many runs to show.",
+)
 @config_options
 def runs(settings: Settings, limit: int) -> None:
     """List recent runs with their counts."""

@@ -418,3 +418,10 @@ def test_unknown_connection_option_exits_2_naming_it(url: str) -> None:
     result = invoke({"NUMBERS_ETL_DATABASE_URL": url}, "db", "current")
     assert result.exit_code == 2, (result.output, result.exception)
     assert "has the connection option 'foo', which the " in result.stderr
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_runs_limit_below_1_is_a_usage_error(sqlite_url: str, limit: str) -> None:
+    result = invoke({"NUMBERS_ETL_DATABASE_URL": sqlite_url}, "runs", "--limit", limit)
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "Invalid value for '--limit'" in result.stderr
