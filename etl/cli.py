@@ -96,6 +96,9 @@ def config_options(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, config: str | None, **kwargs: Any) -> Any:
         flags = {key: kwargs.pop(key) for key, _ in CONFIG_FLAGS}
+        if config is None:  # `numbers-etl --config PATH COMMAND`: the command's own wins
+            root = click.get_current_context().find_root()
+            config = (root.obj or {}).get("config")
         settings = load_settings(flags, config_path=config)
         if settings.access_key is not None:
             register_secret(settings.access_key.reveal())
@@ -146,13 +149,21 @@ def metrics_file_option(func: F) -> F:
 )
 @click.option("-v", "--verbose", count=True, help="More log output (repeatable).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML configuration file for the command (whose own --config wins). "
+    "[env NUMBERS_ETL_CONFIG]",
+)
 @click.pass_context
-def cli(ctx: click.Context, log_format: str, verbose: int, quiet: bool) -> None:
+def cli(ctx: click.Context, log_format: str, verbose: int, quiet: bool, config: str | None) -> None:
     """numbers-etl keeps an exact SQL history of the phone numbers Bird offers for sale.
 
     Exit codes: 0 every country synced; 1 the run failed or was partial; 2 configuration
     or usage error; 75 another sync holds the lock; 143 stopped by SIGTERM."""
-    ctx.obj = {"log_format": log_format, "quiet": quiet, "verbose": verbose}
+    ctx.obj = {"log_format": log_format, "quiet": quiet, "verbose": verbose, "config": config}
     setup_logging(log_format, -1 if quiet else verbose)
 
 

@@ -425,3 +425,22 @@ def test_runs_limit_below_1_is_a_usage_error(sqlite_url: str, limit: str) -> Non
     result = invoke({"NUMBERS_ETL_DATABASE_URL": sqlite_url}, "runs", "--limit", limit)
     assert result.exit_code == 2, (result.output, result.exception)
     assert "Invalid value for '--limit'" in result.stderr
+
+
+# --- configuration files ------------------------------------------------------------------
+
+
+def test_config_before_the_command_is_passed_down(tmp_path: Path) -> None:
+    config = tmp_path / "numbers-etl.toml"
+    config.write_text('countries = ["US"]\n')
+    other = tmp_path / "other.toml"
+    other.write_text('countries = ["NL"]\n')
+    result = invoke({}, "--config", str(config), "config", "show")
+    assert result.exit_code == 0, result.output
+    assert f'countries               = ["US"]  # file {config}\n' in result.stdout
+    mine = invoke({}, "--config", str(config), "config", "show", "--config", str(other))
+    assert mine.exit_code == 0, mine.output
+    assert f'countries               = ["NL"]  # file {other}\n' in mine.stdout
+    missing = invoke({}, "--config", str(tmp_path / "nope.toml"), "sync")
+    assert missing.exit_code == 2
+    assert "nope.toml' does not exist" in missing.stderr
