@@ -470,10 +470,16 @@ def _describe(key: str, value: Any) -> str:
 
 def _read_file(path: Path, problems: list[str]) -> dict[str, Any]:
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
+        # utf-8-sig: a byte order mark, as some Windows editors write, is not an error
+        data = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
     except FileNotFoundError:
         problems.append(f"config file {str(path)!r} does not exist; check --config / {CONFIG_ENV}")
+        return {}
+    except UnicodeDecodeError:
+        problems.append(
+            f"config file {str(path)!r} is not UTF-8 text; save it as UTF-8 (TOML files "
+            "must be UTF-8)"
+        )
         return {}
     except (OSError, tomllib.TOMLDecodeError) as exc:
         problems.append(f"config file {str(path)!r} cannot be read: {exc}")
@@ -513,11 +519,16 @@ def load_settings(
     key_file = env.get(ACCESS_KEY_FILE_ENV)
     if key_file and "access_key" not in env_values:
         try:
-            env_values["access_key"] = Path(key_file).read_text(encoding="utf-8").strip()
+            env_values["access_key"] = Path(key_file).read_text(encoding="utf-8-sig").strip()
         except OSError as exc:
             problems.append(
                 f"{ACCESS_KEY_FILE_ENV}={key_file!r} cannot be read ({exc.strerror}); "
                 "point it at a file holding the access key"
+            )
+        except UnicodeDecodeError:
+            problems.append(
+                f"{ACCESS_KEY_FILE_ENV}={key_file!r} is not UTF-8 text (saved as UTF-16 by "
+                "an editor?); write the access key to it as plain UTF-8 text"
             )
     layers.append(("env", env_values))
     layers.append(("flag", dict(flags)))

@@ -444,3 +444,16 @@ def test_config_before_the_command_is_passed_down(tmp_path: Path) -> None:
     missing = invoke({}, "--config", str(tmp_path / "nope.toml"), "sync")
     assert missing.exit_code == 2
     assert "nope.toml' does not exist" in missing.stderr
+
+
+def test_files_that_are_not_utf8_exit_2(tmp_path: Path) -> None:
+    key = tmp_path / "access_key"
+    key.write_bytes(b"\xff\xfem\x00y\x00-\x00k\x00e\x00y\x00")  # UTF-16, as some editors save
+    config = tmp_path / "numbers-etl.toml"
+    config.write_bytes('countries = ["US"]\n'.encode("utf-16"))
+    result = invoke({"NUMBERS_ETL_ACCESS_KEY_FILE": str(key)}, "config", "show")
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "is not UTF-8 text" in result.stderr
+    result = invoke({}, "config", "show", "--config", str(config))
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "numbers-etl.toml' is not UTF-8 text" in result.stderr

@@ -283,3 +283,30 @@ def test_unknown_connection_option_is_a_config_error(url: str, message: str) -> 
 )
 def test_known_connection_options_are_accepted(url: str) -> None:
     assert load_settings(env={"NUMBERS_ETL_DATABASE_URL": url}).database_url == url
+
+
+# --- files that are not UTF-8 -------------------------------------------------------------
+
+
+def test_config_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "numbers-etl.toml"
+    path.write_bytes('countries = ["US"]\n'.encode("utf-16"))
+    with pytest.raises(ConfigError, match=r"numbers-etl.toml' is not UTF-8 text; save it as"):
+        load_settings(env={}, config_path=path)
+
+
+def test_access_key_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_bytes("sk_live_very_secret\n".encode("utf-16"))
+    with pytest.raises(ConfigError, match=r"NUMBERS_ETL_ACCESS_KEY_FILE=.* is not UTF-8 text"):
+        load_settings(env={"NUMBERS_ETL_ACCESS_KEY_FILE": str(key_file)})
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_a_value(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_bytes("\ufeffsk_live_very_secret\n".encode())
+    path = tmp_path / "numbers-etl.toml"
+    path.write_bytes('\ufeffcountries = ["US"]\n'.encode())
+    s = load_settings(env={"NUMBERS_ETL_ACCESS_KEY_FILE": str(key_file)}, config_path=path)
+    assert s.access_key == Secret("sk_live_very_secret")
+    assert s.countries == ("US",)
