@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from etl import __version__
-from etl.config import DEFAULT_DATABASE_URL, PARSERS, Settings, load_settings, redact_url
+from etl.config import (
+    DEFAULT_DATABASE_URL,
+    PARSERS,
+    Settings,
+    load_settings,
+    redact_url,
+    url_secrets,
+)
 from etl.errors import (
     AuthError,
     ConfigError,
@@ -25,7 +32,7 @@ from etl.errors import (
     LockHeld,
     SchemaOutOfDate,
 )
-from etl.logs import register_secret, setup_logging
+from etl.logs import register_secret, scrub, setup_logging
 from etl.sync import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, RunResult
 
 if TYPE_CHECKING:
@@ -60,7 +67,7 @@ class Group(click.Group):
             if _json_logs(ctx):
                 log.error("%s", exc, extra={"exit_code": code})
             else:
-                click.echo(f"Error: {exc}", err=True)
+                click.echo(f"Error: {scrub(str(exc))}", err=True)
             ctx.exit(code)
 
 
@@ -89,10 +96,14 @@ def config_options(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, config: str | None, **kwargs: Any) -> Any:
         flags = {key: kwargs.pop(key) for key, _ in CONFIG_FLAGS}
+        if config is None:  # `numbers-etl --config PATH COMMAND`: the command's own wins
+            root = click.get_current_context().find_root()
+            config = (root.obj or {}).get("config")
         settings = load_settings(flags, config_path=config)
         if settings.access_key is not None:
             register_secret(settings.access_key.reveal())
-        register_secret(_db_password(settings.database_url))
+        for secret in url_secrets(settings.database_url):
+            register_secret(secret)
         return func(*args, settings=settings, **kwargs)
 
     for key, help_text in reversed(CONFIG_FLAGS):
@@ -107,12 +118,6 @@ def config_options(func: F) -> F:
         help="TOML configuration file. [env NUMBERS_ETL_CONFIG]",
     )(wrapper)
     return wrapper
-
-
-def _db_password(url: str) -> str | None:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).password
 
 
 def metrics_file_option(func: F) -> F:
@@ -144,13 +149,21 @@ def metrics_file_option(func: F) -> F:
 )
 @click.option("-v", "--verbose", count=True, help="More log output (repeatable).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML configuration file for the command (whose own --config wins). "
+    "[env NUMBERS_ETL_CONFIG]",
+)
 @click.pass_context
-def cli(ctx: click.Context, log_format: str, verbose: int, quiet: bool) -> None:
+def cli(ctx: click.Context, log_format: str, verbose: int, quiet: bool, config: str | None) -> None:
     """numbers-etl keeps an exact SQL history of the phone numbers Bird offers for sale.
 
     Exit codes: 0 every country synced; 1 the run failed or was partial; 2 configuration
     or usage error; 75 another sync holds the lock; 143 stopped by SIGTERM."""
-    ctx.obj = {"log_format": log_format, "quiet": quiet, "verbose": verbose}
+    ctx.obj = {"log_format": log_format, "quiet": quiet, "verbose": verbose, "config": config}
     setup_logging(log_format, -1 if quiet else verbose)
 
 
@@ -413,7 +426,13 @@ def db_current(settings: Settings) -> None:
 
 
 @cli.command()
-@click.option("--limit", default=10, show_default=True, help="How many runs to show.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="How many runs to show.",
+)
 @config_options
 def runs(settings: Settings, limit: int) -> None:
     """List recent runs with their counts."""

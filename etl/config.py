@@ -11,13 +11,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, quote_plus, unquote_plus, urlsplit
 
 import pycountry
 
 from etl.errors import ConfigError
 from etl.records import NUMBER_TYPES
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 ENV_PREFIX = "NUMBERS_ETL_"
 CONFIG_ENV = "NUMBERS_ETL_CONFIG"
@@ -110,15 +113,71 @@ class Settings:
         return out
 
 
-def redact_url(url: str) -> str:
-    """The database URL with its password replaced by ``***``."""
+# Connection options in a URL's query string whose values are secrets: libpq's `password`
+# and `sslpassword`, PyMySQL's `password`, `passwd` and `ssl_key_password`, and anything
+# else named like one.
+_SECRET_OPTION = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)
+_QUERY_OPTION = re.compile(r"([?&]([^=&]*)=)([^&]*)")
+
+
+def _is_secret_option(name: str) -> bool:
+    return bool(_SECRET_OPTION.search(unquote_plus(name)))
+
+
+def _parsed_url(url: str) -> URL | None:
+    """``url`` parsed, or None when it cannot be, or when an '@' is left in its host (a
+    password holding an '@' that was not percent-encoded: the host then holds its end)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+        parsed = make_url(url)  # ValueError for a port that is not a number
+    except (ArgumentError, ValueError):
+        return None
+    if parsed.host and "@" in parsed.host:
+        return None
+    return parsed
+
+
+def _mask_query(text: str) -> str:
+    return _QUERY_OPTION.sub(
+        lambda m: m.group(1) + "***" if _is_secret_option(m.group(2)) else m.group(0), text
+    )
+
+
+def redact_url(url: str) -> str:
+    """The database URL with its password, and the values of password-like options in its
+    query string, replaced by ``***``. A URL that cannot be parsed keeps its user name at
+    most: everything from the first ':' after the scheme up to the last '@' is hidden."""
+    parsed = _parsed_url(url)
+    if parsed is not None:
+        return _mask_query(parsed.render_as_string(hide_password=True))
+    text = _mask_query(url)
+    at = text.rfind("@")
+    if at < 0:
+        return text
+    slashes = text.find("//")
+    start = slashes + 2 if 0 <= slashes < at else text.find(":") + 1
+    user, colon, _ = text[start:at].partition(":")
+    return text[:start] + (f"{user}:***" if colon else "***") + text[at:]
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets a database URL holds (its password and the values of password-like
+    query options), each also as it appears percent-encoded, for the log scrubber."""
+    parsed = _parsed_url(url)
+    if parsed is None:
+        return []
+    values = [parsed.password] if parsed.password else []
+    for name, value in parsed.query.items():
+        if _is_secret_option(name):
+            values.extend([value] if isinstance(value, str) else value)
+    out: list[str] = []
+    for value in values:
+        for form in (value, quote(value, safe=""), quote_plus(value)):
+            if form and form not in out:
+                out.append(form)
+    return out
 
 
 # --- parsing and validation of each key ---------------------------------------------------
@@ -203,6 +262,19 @@ def _parse_database_url(value: Any) -> str:
             "is not a database URL; expected e.g. sqlite:///numbers_stock.sqlite, "
             "postgresql+psycopg://user@host/db or mysql+pymysql://user@host/db"
         ) from None
+    except ValueError:  # SQLAlchemy's int() of the port
+        raise ValueError(
+            "has a malformed host or port: the port must be a number and an IPv6 address "
+            "goes in brackets, e.g. postgresql+psycopg://user@host:5432/db or "
+            "postgresql+psycopg://user@[::1]:5432/db"
+        ) from None
+    if url.host and "@" in url.host:
+        raise ValueError(
+            "has more than one '@' before its host: percent-encode an '@' in the user name "
+            "or password as %40 (and ':' as %3A, '/' as %2F)"
+        )
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ValueError("has a port outside 1..65535")
     try:
         dialect = url.get_dialect()
     except NoSuchModuleError:
@@ -223,7 +295,57 @@ def _parse_database_url(value: Any) -> str:
             f"needs the {url.drivername!r} driver, which is not installed; "
             f"install it with: pip install 'numbers-etl[{extra}]'"
         ) from None
+    unknown = _unknown_connect_options(url, dialect)
+    if unknown:
+        raise ValueError(
+            f"has the connection option{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(o) for o in unknown)}, which the {url.get_driver_name()} driver "
+            "does not know; check the spelling or remove "
+            f"{'them' if len(unknown) > 1 else 'it'} from the query string"
+        )
     return url_text
+
+
+def _unknown_connect_options(url: URL, dialect_cls: Any) -> list[str]:
+    """The options of ``url``'s query string that its driver would refuse when it connects
+    (psycopg: libpq's keywords; PyMySQL: its connect() arguments). Other drivers: none."""
+    if not url.query:
+        return []
+    driver = url.get_driver_name()
+    if driver not in ("psycopg", "pymysql"):
+        return []
+    dialect = dialect_cls(dbapi=dialect_cls.import_dbapi())
+    given = set(url.query)
+    bad = []
+    for option in sorted(given):
+        try:
+            dialect.create_connect_args(url.set(query={option: url.query[option]}))
+        except (TypeError, ValueError):  # SQLAlchemy's conversion to a number or a boolean
+            bad.append(option)
+    if bad:
+        raise ValueError(
+            f"has a value the {driver} driver cannot use for the connection option"
+            f"{'s' if len(bad) > 1 else ''} {', '.join(repr(o) for o in bad)}: "
+            "a whole number or true/false is expected"
+        )
+    _args, params = dialect.create_connect_args(url)
+    if driver == "pymysql":
+        import inspect
+
+        import pymysql
+
+        known = set(inspect.signature(pymysql.connections.Connection.__init__).parameters)
+        return sorted(o for o in given if o not in known and o in params)
+    from psycopg import Error as PsycopgError
+    from psycopg.conninfo import make_conninfo
+
+    unknown = []
+    for option in sorted(given - {"autocommit", "prepare_threshold"}):
+        try:
+            make_conninfo("", **{option: "x"})
+        except PsycopgError:
+            unknown.append(option)
+    return unknown
 
 
 def _parse_countries(value: Any) -> tuple[str, ...]:
@@ -365,10 +487,16 @@ def _describe(key: str, value: Any) -> str:
 
 def _read_file(path: Path, problems: list[str]) -> dict[str, Any]:
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
+        # utf-8-sig: a byte order mark, as some Windows editors write, is not an error
+        data = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
     except FileNotFoundError:
         problems.append(f"config file {str(path)!r} does not exist; check --config / {CONFIG_ENV}")
+        return {}
+    except UnicodeDecodeError:
+        problems.append(
+            f"config file {str(path)!r} is not UTF-8 text; save it as UTF-8 (TOML files "
+            "must be UTF-8)"
+        )
         return {}
     except (OSError, tomllib.TOMLDecodeError) as exc:
         problems.append(f"config file {str(path)!r} cannot be read: {exc}")
@@ -408,11 +536,16 @@ def load_settings(
     key_file = env.get(ACCESS_KEY_FILE_ENV)
     if key_file and "access_key" not in env_values:
         try:
-            env_values["access_key"] = Path(key_file).read_text(encoding="utf-8").strip()
+            env_values["access_key"] = Path(key_file).read_text(encoding="utf-8-sig").strip()
         except OSError as exc:
             problems.append(
                 f"{ACCESS_KEY_FILE_ENV}={key_file!r} cannot be read ({exc.strerror}); "
                 "point it at a file holding the access key"
+            )
+        except UnicodeDecodeError:
+            problems.append(
+                f"{ACCESS_KEY_FILE_ENV}={key_file!r} is not UTF-8 text (saved as UTF-16 by "
+                "an editor?); write the access key to it as plain UTF-8 text"
             )
     layers.append(("env", env_values))
     layers.append(("flag", dict(flags)))

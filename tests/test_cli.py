@@ -16,10 +16,12 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from etl.simulator import Simulator, SyntheticStock
+from etl.store.engine import make_engine
 from etl.store.lock import DatabaseLock
+from etl.store.migrate import head_revision
 from etl.store.schema import number_events, numbers, sync_runs, sync_scopes
 from etl.sync import Sync
-from tests.conftest import ACCESS_KEY, make_settings, sim_env
+from tests.conftest import ACCESS_KEY, database_url, make_settings, sim_env, wipe
 from tests.procs import (
     etl_process,
     invoke,
@@ -330,3 +332,128 @@ def test_malformed_database_url_exits_2() -> None:
     result = invoke({}, "status", "--database-url", "nonsense://")
     assert result.exit_code == 2
     assert "database_url = 'nonsense://' (flag --database-url): " in result.stderr
+
+
+# --- database URLs: secrets hidden, mistakes named ----------------------------------------
+
+SECRET = "s3cretpw"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql+psycopg://root@127.0.0.1/test?password={SECRET}",
+        f"postgresql+psycopg://root@127.0.0.1/test?sslpassword={SECRET}",
+        f"mysql+pymysql://root@127.0.0.1/test?password={SECRET}",
+        f"mysql+pymysql://root@127.0.0.1/test?passwd={SECRET}",
+    ],
+)
+def test_config_show_hides_a_password_in_the_query_string(url: str) -> None:
+    result = invoke({"NUMBERS_ETL_DATABASE_URL": url}, "config", "show")
+    assert result.exit_code == 0, result.output
+    assert "=***" in result.stdout
+    assert SECRET not in result.output
+
+
+@pytest.mark.parametrize("args", [("runs",), ("db", "current"), ("db", "upgrade"), ("status",)])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql+psycopg://root@127.0.0.1:1/test?password={SECRET}",
+        f"mysql+pymysql://root@127.0.0.1:1/test?password={SECRET}",
+    ],
+)
+def test_database_errors_hide_a_password_in_the_query_string(
+    url: str, args: tuple[str, ...]
+) -> None:
+    result = invoke({"NUMBERS_ETL_DATABASE_URL": url}, *args)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("Error: cannot use the database ")
+    assert "=***" in result.stderr
+    assert SECRET not in result.output
+
+
+def test_db_upgrade_hides_a_password_in_the_query_string(tmp_path: Path) -> None:
+    url = database_url("postgresql", tmp_path)  # trust authentication: the password is unused
+    engine = make_engine(url)
+    try:
+        wipe(engine)
+    finally:
+        engine.dispose()
+    result = invoke({"NUMBERS_ETL_DATABASE_URL": f"{url}?password={SECRET}"}, "db", "upgrade")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.endswith(f"?password=*** is at revision {head_revision()}\n")
+    assert SECRET not in result.output
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql+psycopg://u:{SECRET}@h:notaport/db",
+        f"postgresql+psycopg://u:{SECRET}@h:5432:5432/db",
+        f"postgresql+psycopg://u:{SECRET}@[::1/db",
+        f"postgresql+psycopg//u:{SECRET}@h/db",
+        f"postgresql+psycopg://u:{SECRET}@pw@h/db",
+    ],
+)
+@pytest.mark.parametrize("args", [("config", "show"), ("sync",), ("db", "current")])
+def test_malformed_database_url_exits_2_without_the_password(
+    url: str, args: tuple[str, ...]
+) -> None:
+    result = invoke({"NUMBERS_ETL_DATABASE_URL": url}, *args)
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert result.stderr.startswith("Error: invalid configuration:\n  - database_url = ")
+    assert SECRET not in result.output
+    assert "@pw" not in result.output
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://root@127.0.0.1:5432/test?foo=bar",
+        "mysql+pymysql://root@127.0.0.1:3306/test?foo=bar",
+    ],
+)
+def test_unknown_connection_option_exits_2_naming_it(url: str) -> None:
+    result = invoke({"NUMBERS_ETL_DATABASE_URL": url}, "db", "current")
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "has the connection option 'foo', which the " in result.stderr
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_runs_limit_below_1_is_a_usage_error(sqlite_url: str, limit: str) -> None:
+    result = invoke({"NUMBERS_ETL_DATABASE_URL": sqlite_url}, "runs", "--limit", limit)
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "Invalid value for '--limit'" in result.stderr
+
+
+# --- configuration files ------------------------------------------------------------------
+
+
+def test_config_before_the_command_is_passed_down(tmp_path: Path) -> None:
+    config = tmp_path / "numbers-etl.toml"
+    config.write_text('countries = ["US"]\n')
+    other = tmp_path / "other.toml"
+    other.write_text('countries = ["NL"]\n')
+    result = invoke({}, "--config", str(config), "config", "show")
+    assert result.exit_code == 0, result.output
+    assert f'countries               = ["US"]  # file {config}\n' in result.stdout
+    mine = invoke({}, "--config", str(config), "config", "show", "--config", str(other))
+    assert mine.exit_code == 0, mine.output
+    assert f'countries               = ["NL"]  # file {other}\n' in mine.stdout
+    missing = invoke({}, "--config", str(tmp_path / "nope.toml"), "sync")
+    assert missing.exit_code == 2
+    assert "nope.toml' does not exist" in missing.stderr
+
+
+def test_files_that_are_not_utf8_exit_2(tmp_path: Path) -> None:
+    key = tmp_path / "access_key"
+    key.write_bytes(b"\xff\xfem\x00y\x00-\x00k\x00e\x00y\x00")  # UTF-16, as some editors save
+    config = tmp_path / "numbers-etl.toml"
+    config.write_bytes('countries = ["US"]\n'.encode("utf-16"))
+    result = invoke({"NUMBERS_ETL_ACCESS_KEY_FILE": str(key)}, "config", "show")
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "is not UTF-8 text" in result.stderr
+    result = invoke({}, "config", "show", "--config", str(config))
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "numbers-etl.toml' is not UTF-8 text" in result.stderr

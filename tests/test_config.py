@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from etl.config import DEFAULT_DATABASE_URL, Secret, load_settings, parse_interval
+from etl.config import (
+    DEFAULT_DATABASE_URL,
+    Secret,
+    load_settings,
+    parse_interval,
+    redact_url,
+    url_secrets,
+)
 from etl.errors import ConfigError
 
 
@@ -195,3 +202,144 @@ def test_schedule_forms() -> None:
     assert parse_interval("30m") == 1800
     assert parse_interval("6h") == 21600
     assert parse_interval("0 */6 * * *") is None
+
+
+# --- database URLs: passwords hidden, malformed ones named ----------------------------------
+
+SECRET = "s3cretpw"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql+psycopg://root@127.0.0.1/test?password={SECRET}",
+        f"postgresql+psycopg://root@127.0.0.1/test?sslmode=require&sslpassword={SECRET}",
+        f"postgresql+psycopg://u:other-pw@h/db?password={SECRET}&password=two",
+        f"mysql+pymysql://root@127.0.0.1/test?password={SECRET}",
+        f"mysql+pymysql://root@127.0.0.1/test?passwd={SECRET}&charset=utf8mb4",
+        f"mysql+pymysql://root@127.0.0.1/test?ssl_key=/k.pem&ssl_key_password={SECRET}",
+    ],
+)
+def test_passwords_in_the_query_string_are_hidden(url: str) -> None:
+    shown = redact_url(url)
+    assert SECRET not in shown
+    assert "=***" in shown
+    assert SECRET in url_secrets(url)
+    s = load_settings(env={"NUMBERS_ETL_DATABASE_URL": url})
+    assert SECRET not in str(s.redacted())
+
+
+def test_other_query_options_stay_visible() -> None:
+    url = f"postgresql+psycopg://u:{SECRET}@h/db?sslmode=require&application_name=etl"
+    assert redact_url(url) == (
+        "postgresql+psycopg://u:***@h/db?application_name=etl&sslmode=require"
+    )
+
+
+def test_url_secrets_include_the_percent_encoded_forms() -> None:
+    url = "postgresql+psycopg://u:p%40ss%2Fword@h/db?password=a%26b"
+    secrets = url_secrets(url)
+    assert {"p@ss/word", "p%40ss%2Fword", "a&b", "a%26b"} <= set(secrets)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # no ':' after the scheme: SQLAlchemy cannot parse it
+        (f"postgresql+psycopg//u:{SECRET}@h/db", "postgresql+psycopg//u:***@h/db"),
+        # an '@' in the password that was not percent-encoded
+        (f"postgresql+psycopg://u:{SECRET}@pw@h/db", "postgresql+psycopg://u:***@h/db"),
+        (
+            f"postgresql+psycopg://u:{SECRET}@h:notaport/db",
+            "postgresql+psycopg://u:***@h:notaport/db",
+        ),
+        (f"postgresql+psycopg:u:{SECRET}@h/db", "postgresql+psycopg:u:***@h/db"),
+        (f"pg{SECRET}@h/db", "***@h/db"),
+        (f"nonsense//u@h/db?password={SECRET}", "nonsense//***@h/db?password=***"),
+    ],
+)
+def test_credentials_of_an_unparsable_url_are_hidden(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (f"postgresql+psycopg://u:{SECRET}@h:notaport/db", "has a malformed host or port"),
+        (f"postgresql+psycopg://u:{SECRET}@h:5432:5432/db", "has a malformed host or port"),
+        (f"postgresql+psycopg://u:{SECRET}@[::1/db", "has a malformed host or port"),
+        (f"postgresql+psycopg://u:{SECRET}@h:70000/db", "has a port outside 1..65535"),
+        (f"postgresql+psycopg://u:{SECRET}@pw@h/db", "percent-encode an '@'"),
+        (f"postgresql+psycopg//u:{SECRET}@h/db", "is not a database URL"),
+    ],
+)
+def test_malformed_database_url_is_a_config_error_without_the_password(
+    url: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_settings(env={"NUMBERS_ETL_DATABASE_URL": url})
+    assert "database_url = " in str(caught.value)
+    assert SECRET not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "postgresql+psycopg://root@127.0.0.1/test?foo=bar",
+            "has the connection option 'foo', which the psycopg driver does not know",
+        ),
+        (
+            "mysql+pymysql://root@127.0.0.1/test?foo=bar&bar=1",
+            "has the connection options 'bar', 'foo', which the pymysql driver does not know",
+        ),
+        (
+            "mysql+pymysql://root@127.0.0.1/test?connect_timeout=soon",
+            "cannot use for the connection option 'connect_timeout'",
+        ),
+    ],
+)
+def test_unknown_connection_option_is_a_config_error(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env={"NUMBERS_ETL_DATABASE_URL": url})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://root@127.0.0.1/test?sslmode=prefer&connect_timeout=5"
+        "&application_name=etl&password=x&options=-c%20statement_timeout%3D0",
+        "mysql+pymysql://root@127.0.0.1/test?charset=utf8mb4&connect_timeout=5&passwd=x"
+        "&ssl_ca=/ca.pem&ssl_check_hostname=false",
+        "sqlite:///numbers_stock.sqlite?timeout=30",
+    ],
+)
+def test_known_connection_options_are_accepted(url: str) -> None:
+    assert load_settings(env={"NUMBERS_ETL_DATABASE_URL": url}).database_url == url
+
+
+# --- files that are not UTF-8 -------------------------------------------------------------
+
+
+def test_config_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "numbers-etl.toml"
+    path.write_bytes('countries = ["US"]\n'.encode("utf-16"))
+    with pytest.raises(ConfigError, match=r"numbers-etl.toml' is not UTF-8 text; save it as"):
+        load_settings(env={}, config_path=path)
+
+
+def test_access_key_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_bytes("sk_live_very_secret\n".encode("utf-16"))
+    with pytest.raises(ConfigError, match=r"NUMBERS_ETL_ACCESS_KEY_FILE=.* is not UTF-8 text"):
+        load_settings(env={"NUMBERS_ETL_ACCESS_KEY_FILE": str(key_file)})
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_a_value(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_bytes("\ufeffsk_live_very_secret\n".encode())
+    path = tmp_path / "numbers-etl.toml"
+    path.write_bytes('\ufeffcountries = ["US"]\n'.encode())
+    s = load_settings(env={"NUMBERS_ETL_ACCESS_KEY_FILE": str(key_file)}, config_path=path)
+    assert s.access_key == Secret("sk_live_very_secret")
+    assert s.countries == ("US",)

@@ -156,3 +156,72 @@ def test_crontab_line(tmp_path: Path) -> None:
     result = run_etl([*etl_args(command), "--help"], {}, tmp_path)
     assert result.returncode == 0, result.stderr
     assert lines[0] in README.read_text()  # the README shows the same line
+
+
+def readme_setup_commands() -> list[list[str]]:
+    """The simple commands (split at && and ;) of the sh blocks of the README's "Running in
+    production" section, each as its words."""
+    section = README.read_text().split("## Running in production", 1)[1].split("\n## ", 1)[0]
+    out = []
+    for block in re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL):
+        for line in block.splitlines():
+            for command in re.split(r"&&|;", line):
+                words = shlex.split(command, comments=True)
+                if words:
+                    out.append(words)
+    return out
+
+
+def created_directories() -> dict[str, str | None]:
+    """Directory -> owner of every `sudo install -d` in the README's production setup."""
+    out: dict[str, str | None] = {}
+    for words in readme_setup_commands():
+        if words[:3] != ["sudo", "install", "-d"]:
+            continue
+        owner, rest = None, words[3:]
+        while rest and rest[0].startswith("-"):
+            if rest[0] == "-o":
+                owner = rest[1]
+            rest = rest[2:] if rest[0] in ("-o", "-g", "-m") else rest[1:]
+        out.update(dict.fromkeys(rest, owner))
+    return out
+
+
+def crontab_command() -> str:
+    (line,) = [
+        line
+        for line in (DEPLOY / "crontab").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    return line.split(maxsplit=5)[5]
+
+
+def test_readme_setup_creates_every_directory_the_service_user_needs() -> None:
+    command = crontab_command()
+    args = etl_args(command)
+    working = re.search(r"\bcd (\S+)", command)
+    log_file = re.search(r">>\s*(\S+)", command)
+    assert working is not None
+    assert log_file is not None
+    needed = {
+        working.group(1),  # also where `db upgrade` runs and the units' WorkingDirectory
+        str(Path(args[args.index("--metrics-file") + 1]).parent),
+        str(Path(log_file.group(1)).parent),
+    }
+    created = created_directories()
+    for directory in sorted(needed):
+        assert created.get(directory) == "numbers-etl", f"README does not create {directory}"
+    for unit in UNITS:
+        (working_directory,) = directive(DEPLOY / unit, "WorkingDirectory")
+        assert working_directory in created
+
+
+def test_readme_lets_the_cron_user_read_its_key_and_config() -> None:
+    assignments = dict(re.findall(r"\b(NUMBERS_ETL_\w+)=(\S+)", crontab_command()))
+    commands = [" ".join(words) for words in readme_setup_commands()]
+    config = assignments[CONFIG_ENV]
+    assert f"sudo install -m 0640 -g numbers-etl deploy/config.toml {config}" in commands
+    key = assignments[ACCESS_KEY_FILE_ENV]
+    assert f"sudo chgrp numbers-etl {key}" in commands
+    assert f"sudo chmod 0640 {key}" in commands
+    assert "sudo crontab -u numbers-etl deploy/crontab" in commands

@@ -6,10 +6,12 @@ import json
 import logging
 from pathlib import Path
 
+import pytest
+
 from etl.logs import JsonFormatter, TextFormatter, register_secret, scrub
 from etl.simulator import Simulator
 from tests.conftest import ACCESS_KEY, sim_env
-from tests.procs import run_etl, sqlite_url
+from tests.procs import invoke, run_etl, sqlite_url
 
 __all__ = ["sqlite_url"]  # a fixture
 
@@ -52,6 +54,30 @@ def test_json_database_errors_hide_the_password(simulator: Simulator, tmp_path: 
     (error,) = [line for line in json_lines(result.stderr) if line["level"] == "error"]
     assert str(error["message"]).startswith("the database failed: ")
     assert "db-pass-5e1f" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://etl@127.0.0.1:1/numbers?password=db-pass-7a2d",
+        "postgresql+psycopg://etl@127.0.0.1:1/numbers?sslmode=prefer&sslpassword=db-pass-7a2d",
+        "mysql+pymysql://etl@127.0.0.1:1/numbers?password=db-pass-7a2d",
+    ],
+)
+def test_json_database_errors_hide_a_password_in_the_query_string(url: str, tmp_path: Path) -> None:
+    env = {"NUMBERS_ETL_DATABASE_URL": url}
+    result = run_etl(["--log-format", "json", "-v", "db", "current"], env, tmp_path)
+    assert result.returncode == 1
+    (error,) = [line for line in json_lines(result.stderr) if line["level"] == "error"]
+    assert str(error["message"]).startswith("cannot use the database ")
+    assert "db-pass-7a2d" not in result.stdout + result.stderr
+
+
+def test_passwords_in_the_database_url_are_registered_with_the_scrubber() -> None:
+    url = "postgresql+psycopg://etl:pw-one-1b2c@h/db?sslpassword=pw%26two-3d4e"
+    result = invoke({"NUMBERS_ETL_DATABASE_URL": url}, "config", "show")
+    assert result.exit_code == 0, result.output
+    assert scrub("a pw-one-1b2c b pw&two-3d4e c pw%26two-3d4e") == "a *** b *** c ***"
 
 
 def test_json_error_lines_hold_no_secret(
