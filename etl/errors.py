@@ -20,7 +20,7 @@ class SourceError(EtlError):
 
 
 class RetriableSourceError(SourceError):
-    """A transient failure (429, 5xx, connection or read error); worth another try."""
+    """A transient failure (408, 429, 5xx, connection or read error); worth another try."""
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -28,7 +28,7 @@ class RetriableSourceError(SourceError):
 
 
 class FatalSourceError(SourceError):
-    """A failure that another try will not mend (4xx other than 429)."""
+    """A failure that another try will not mend (4xx other than 408 and 429)."""
 
 
 class AuthError(FatalSourceError):

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from etl.config import Settings
 from etl.errors import (
@@ -200,7 +200,7 @@ class Sync:
             self._page_source = functools.partial(self._bird_pages, client)
         try:
             return self._run()
-        except OperationalError as exc:
+        except DBAPIError as exc:  # unreachable, refused the connection's options, ...
             raise DatabaseError(f"the database failed: {_db_message(exc)}") from None
         finally:
             if client is not None and self._client is None:
@@ -320,6 +320,11 @@ class Sync:
             result.status, result.error = "failed", f"{exc}; nothing removed"
         except SQLAlchemyError as exc:
             result.status, result.error = "failed", f"database error: {_db_message(exc)}"
+        except Exception as exc:  # a bug: record the scope as failed rather than leave
+            # the run `running` and its other scopes unrecorded; the traceback goes to the log
+            log.exception("scope %s: unexpected error", scope.key)
+            result.status = "failed"
+            result.error = f"unexpected error {type(exc).__name__} (see the log); nothing removed"
         self._finish_scope(row_id, result)
         return _Paged(result, row_id)
 

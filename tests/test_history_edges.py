@@ -253,3 +253,23 @@ def test_dead_pid_of_another_pid_space_keeps_its_lock(engine: Engine) -> None:
             DatabaseLock(engine, holder="me:1:x").acquire()
     finally:
         DatabaseLock(engine, holder=other).release()
+
+
+def test_an_unexpected_error_fails_its_scope_and_the_run_is_recorded(engine: Engine) -> None:
+    """A bug in one scope (here a ValueError from its source) fails that scope with a
+    message; the other scopes sync, and the run is finished, not left `running`."""
+    settings = cfg(countries=("NL", "US"), concurrency=1)
+
+    def source(scope: Scope) -> Iterator[Page]:
+        if scope.key == "NL":
+            raise ValueError("year 10000 is out of range")
+        yield page(scope.key, T0, [item("+12125550000", "US")])
+
+    result = Sync(settings, engine=engine, page_source=source).run()
+    assert result.status == "partial"
+    assert [s.status for s in result.scopes] == ["failed", "complete"]
+    assert "unexpected error ValueError" in (result.scopes[0].error or "")
+    with engine.connect() as conn:
+        from etl.store.schema import sync_runs
+
+        assert conn.execute(select(sync_runs.c.status)).scalar_one() == "partial"
