@@ -109,6 +109,8 @@ class Model:
             return
         known.last_seen = max(known.last_seen, at)
         if known.removed_at is not None:
+            # relisted no earlier than the removal it ends, and last seen then
+            known.last_seen = max(known.last_seen, known.removed_at)
             known.removed_at = None
             self.events["relisted"] += 1
         if known.price.value != item.price.value or known.price.currency != item.price.currency:
@@ -126,6 +128,7 @@ class Model:
             return
         known.last_seen = max(known.last_seen, at)
         if known.removed_at is not None:
+            known.last_seen = max(known.last_seen, known.removed_at)
             known.removed_at = None
             self.events["relisted"] += 1
         known.missed, known.first_missed = 0, None
@@ -379,6 +382,21 @@ class HistoryMachine(RuleBasedStateMachine):
         assert {k: v for k, v in events.items() if v} == {
             k: v for k, v in self.model.events.items() if v
         }
+
+    @invariant()
+    def events_in_time_order_end_in_the_current_state(self) -> None:
+        """Read by time, as an analyst would, each number's listed / removed / relisted
+        events end in `removed` exactly when it is removed now, whatever the clock did."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(numbers.c.number, number_events.c.event, numbers.c.removed_at)
+                .join(number_events, number_events.c.number_id == numbers.c.id)
+                .where(number_events.c.event != "changed")
+                .order_by(numbers.c.number, number_events.c.occurred_at, number_events.c.id)
+            ).all()
+        last = {number: (event, removed_at) for number, event, removed_at in rows}
+        for number, (event, removed_at) in last.items():
+            assert (event == "removed") == (removed_at is not None), number
 
     @invariant()
     def timestamps_are_ordered_and_monotonic(self) -> None:

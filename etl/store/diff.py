@@ -113,6 +113,16 @@ class Event:
     number: str
     event: str  # listed | removed | relisted | changed
     detail: str | None = None
+    # The earliest it may be dated: a relisting never before the removal it ends, whatever
+    # the clock does (None: the page's time, always).
+    not_before: datetime | None = None
+
+
+def relisted(stored: StoredNumber) -> Event:
+    assert stored.removed_at is not None
+    return Event(
+        stored.number, "relisted", f"removed at {stored.removed_at.isoformat()}", stored.removed_at
+    )
 
 
 @dataclass(slots=True)
@@ -179,9 +189,7 @@ def diff_page(
         diffs = changed_fields(stored.attributes, attribute_tuple(item))
         price_changed = not item.price.same_as(stored.price)
         if stored.removed_at is not None:
-            changes.events.append(
-                Event(item.number, "relisted", f"removed at {stored.removed_at.isoformat()}")
-            )
+            changes.events.append(relisted(stored))
         if diffs:
             changes.events.append(Event(item.number, "changed", "; ".join(diffs)))
         if price_changed:
@@ -195,9 +203,7 @@ def diff_page(
             changes.seen_ids.append(stored.id)
             if stored.removed_at is not None and stored not in changes.relisted:
                 changes.relisted.append(stored)
-                changes.events.append(
-                    Event(number, "relisted", f"removed at {stored.removed_at.isoformat()}")
-                )
+                changes.events.append(relisted(stored))
     changes.seen_ids = sorted(set(changes.seen_ids))
     return changes
 

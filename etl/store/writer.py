@@ -268,12 +268,36 @@ def _events_from_rows(dialect: str) -> _RowsInsert:
     return _RowsInsert(statement, _EVENT_VARYING, "event_", dialect == "postgresql")
 
 
+def _seen_at_least(name: str) -> ColumnElement[Any]:
+    """last_seen_at raised to the parameter ``name`` if below it, never lowered."""
+    floor = bindparam(name, type_=UTCDateTime())
+    return case((numbers.c.last_seen_at < floor, floor), else_=numbers.c.last_seen_at)
+
+
+# An existing number's new state. A relisted one is last seen no earlier than the removal it
+# ends (``seen_floor``), so that when the clock went back since, its next removal is still
+# dated after its relisting, and every number's events stay in time order.
 _UPDATE = (
     update(numbers)
     .where(numbers.c.id == bindparam("b_id"))
-    .values({name: bindparam(f"b_{name}") for name in (*_UPDATE_COLUMNS, "removed_at")})
+    .values(
+        {
+            **{name: bindparam(f"b_{name}") for name in (*_UPDATE_COLUMNS, "removed_at")},
+            "last_seen_at": _seen_at_least("b_seen_floor"),
+        }
+    )
 )
-_RELIST = update(numbers).where(numbers.c.id == bindparam("r_id")).values(removed_at=None)
+_RELIST = (
+    update(numbers)
+    .where(numbers.c.id == bindparam("r_id"))
+    .values(removed_at=None, last_seen_at=_seen_at_least("r_seen_floor"))
+)
+
+
+def _seen_floor(stored: StoredNumber, at: datetime) -> datetime:
+    return at if stored.removed_at is None else max(at, stored.removed_at)
+
+
 _COUNTERS = (
     "pages",
     "items",
@@ -354,6 +378,7 @@ def apply_page(conn: Connection, *, run_id: int, scope_row_id: int, page: Page) 
                 {
                     "b_id": stored.id,
                     "b_removed_at": None,
+                    "b_seen_floor": _seen_floor(stored, at),
                     **{
                         f"b_{k}": v
                         for k, v in (attribute_values(item) | price_values(item.price)).items()
@@ -363,7 +388,10 @@ def apply_page(conn: Connection, *, run_id: int, scope_row_id: int, page: Page) 
             ],
         )
     if changes.relisted:
-        conn.execute(_RELIST, [{"r_id": stored.id} for stored in changes.relisted])
+        conn.execute(
+            _RELIST,
+            [{"r_id": s.id, "r_seen_floor": _seen_floor(s, at)} for s in changes.relisted],
+        )
     for stored in (*(s for s, _ in changes.updated), *changes.relisted):
         ids[stored.number] = stored.id
     if changes.events:  # every event's number is new (ids) or updated
@@ -444,6 +472,24 @@ def _insert_new(
 def _insert_events(
     conn: Connection, events: Sequence[Event], ids: dict[str, int], run_id: int, at: datetime
 ) -> None:
+    late = [e for e in events if e.not_before is not None and e.not_before > at]
+    if late:  # the clock went back since the removal a relisting ends: dated at the removal
+        conn.execute(
+            _INSERT_EVENTS,
+            [
+                {
+                    "number_id": ids[e.number],
+                    "run_id": run_id,
+                    "occurred_at": e.not_before,
+                    "event": e.event,
+                    "detail": e.detail,
+                }
+                for e in late
+            ],
+        )
+        events = [e for e in events if e not in late]
+        if not events:
+            return
     from_rows = _statements(conn.dialect).events
     if from_rows is not None:
         params = from_rows.params([(ids[e.number], e.event, e.detail) for e in events])
