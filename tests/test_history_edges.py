@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 
 from etl.config import Settings
 from etl.errors import AuthError, LockHeld
@@ -273,3 +273,43 @@ def test_an_unexpected_error_fails_its_scope_and_the_run_is_recorded(engine: Eng
         from etl.store.schema import sync_runs
 
         assert conn.execute(select(sync_runs.c.status)).scalar_one() == "partial"
+
+
+def test_relisting_after_the_clock_went_back_is_dated_after_the_removal(
+    engine: Engine,
+) -> None:
+    """Removed at 14:00 by a run whose clock was right; the next run's clock says 13:00.
+    Read in time order, the events must still end in `relisted`, not `removed`."""
+    x, keep = "+31205550000", item("+31205550001")
+    run(engine, cfg(), {"NL": page("NL", T0, [item(x), keep])})
+    run(engine, cfg(), {"NL": page("NL", T0 + 2 * HOUR, [keep])})
+    run(engine, cfg(), {"NL": page("NL", T0 + HOUR, [item(x), keep])})
+    with engine.connect() as conn:
+        in_time_order = conn.execute(
+            select(number_events.c.event, number_events.c.occurred_at)
+            .join(numbers, numbers.c.id == number_events.c.number_id)
+            .where(numbers.c.number == x)
+            .order_by(number_events.c.occurred_at, number_events.c.id)
+        ).all()
+    assert [e for e, _ in in_time_order] == ["listed", "removed", "relisted"]
+    assert in_time_order[2][1] == T0 + 2 * HOUR  # not before the removal it ends
+    assert stored(engine, x).removed_at is None
+
+
+def test_price_delta_reads_as_the_difference_of_the_prices_shown(engine: Engine) -> None:
+    """3.30 -> 1.10 is a delta of -2.2 on every database; on SQLite, whose prices are REALs,
+    the view rounds to the 12 decimals the price columns keep elsewhere."""
+    x = "+31205550000"
+
+    def priced(amount: int) -> StockItem:
+        return StockItem(
+            x, "a", "NL", "local", (("voice_inbound", True),), Price("EUR", amount, -1), False
+        )
+
+    for hour, amount in enumerate((33, 11, 33)):
+        run(engine, cfg(), {"NL": page("NL", T0 + hour * HOUR, [priced(amount)])})
+    with engine.connect() as conn:
+        deltas = conn.execute(
+            text("SELECT price_delta FROM v_price_history ORDER BY price_change_id")
+        ).scalars()
+        assert [Decimal(str(d)) for d in deltas] == [Decimal("-2.2"), Decimal("2.2")]
