@@ -364,18 +364,13 @@ class Sync:
 
     def _close(self, run_id: int, lock: DatabaseLock, paged: _Paged) -> ScopeResult:
         """Close a scope paged to its end: removals, snapshot, status; in one transaction
-        with the lock's refresh, so a run that lost its lock closes nothing."""
+        with a refresh of the lock, so a run that lost its lock closes nothing."""
         result, scope = paged.result, paged.result.scope
         if paged.completed_at is None:
             return result
 
         def close(conn: Connection) -> ScopeClose:
-            if not lock.fence(conn):
-                raise LockLost(
-                    "the sync lock expired and another sync took it (was this process "
-                    "paused for longer than lock_ttl_seconds?); nothing removed"
-                )
-            return close_scope(
+            closed = close_scope(
                 conn,
                 run_id=run_id,
                 scope_row_id=paged.row_id,
@@ -386,6 +381,14 @@ class Sync:
                 accepted=scope.country_code in self.accept,
                 removals_allowed=paged.unreadable == 0,
             )
+            # Last, so that the lock's row is locked only for the commit (the scopes close
+            # in parallel); another sync that took the lock before this rolls it all back.
+            if not lock.fence(conn):
+                raise LockLost(
+                    "the sync lock expired and another sync took it (was this process "
+                    "paused for longer than lock_ttl_seconds?); nothing removed"
+                )
+            return closed
 
         try:
             closed = in_transaction(self.engine, close)
