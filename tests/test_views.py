@@ -1,0 +1,90 @@
+"""What the BI views return, on every database, for histories built by scripted syncs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from etl.config import Settings
+from etl.records import Page, Price, Scope, StockItem
+from etl.sync import RunResult, Sync
+
+DAY0 = datetime(2026, 3, 1, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+
+
+def item(number: str, amount: int = 100, exponent: int = -2) -> StockItem:
+    return StockItem(
+        number, "id" + number, "US", "local", (("voice_inbound", True),),
+        Price("USD", amount, exponent), False,
+    )  # fmt: skip
+
+
+def run(engine: Engine, settings: Settings, listing: dict[str, Any], at: datetime) -> RunResult:
+    """A sync at ``at``; a scope missing from ``listing`` fails."""
+
+    def source(scope: Scope) -> Iterator[Page]:
+        if scope.key not in listing:
+            raise RuntimeError("this scope fails (scripted)")
+        yield Page(scope.key, 0, at, tuple(listing[scope.key]), (), None)
+
+    return Sync(settings, engine=engine, page_source=source).run()
+
+
+def cfg(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {"countries": ("US",), "max_removal_fraction": Decimal(1)}
+    return Settings(**(values | overrides))
+
+
+AREAS = cfg(prefixes={"US": ("+1212", "+1646")})
+A = [item(f"+1212555000{i}") for i in range(3)]
+B = [item(f"+1646555000{i}") for i in range(2)]
+
+
+def daily(engine: Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT day, available_count, avg_price, voice_count "
+                "FROM v_daily_availability ORDER BY day"
+            )
+        )
+        return [tuple(r) for r in rows]
+
+
+def test_daily_average_of_two_areas_is_not_cut_to_an_integer(engine: Engine) -> None:
+    run(engine, AREAS, {"US +1212": [item("+12125550001", 3, 0)], "US +1646": [
+        item("+16465550001", 4, 0)]}, DAY0)  # fmt: skip
+    [(_, count, average, voice)] = daily(engine)
+    assert Decimal(str(average)) == Decimal("3.5")
+    assert (count, voice) == (2, 2)
+    assert type(count) is int  # not DECIMAL (MySQL/MariaDB's SUM)
+
+
+def test_daily_count_after_a_country_switched_to_areas_that_day(engine: Engine) -> None:
+    run(engine, cfg(), {"US": A + B}, DAY0 + HOUR)
+    run(engine, AREAS, {"US +1212": A, "US +1646": B}, DAY0 + 7 * HOUR)
+    assert [count for _, count, _, _ in daily(engine)] == [5]  # not the old scope's 5 again
+
+
+def test_daily_count_keeps_an_area_that_failed_all_day_as_it_last_was(engine: Engine) -> None:
+    run(engine, AREAS, {"US +1212": A, "US +1646": B}, DAY0 + HOUR)
+    run(engine, AREAS, {"US +1212": A}, DAY0 + DAY + HOUR)  # +1646 fails all of day 2
+    run(engine, AREAS, {"US +1212": A[:2]}, DAY0 + 2 * DAY + HOUR)  # and day 3; one sold
+    assert [count for _, count, _, _ in daily(engine)] == [5, 5, 4]
+
+
+def test_days_in_stock_of_a_relisted_number_count_its_last_stay(engine: Engine) -> None:
+    x, keep = item("+12125550000"), item("+12125550001")
+    run(engine, cfg(), {"US": [x, keep]}, DAY0)
+    run(engine, cfg(), {"US": [keep]}, DAY0 + DAY)
+    run(engine, cfg(), {"US": [x, keep]}, DAY0 + 30 * DAY)
+    run(engine, cfg(), {"US": [keep]}, DAY0 + 32 * DAY)
+    with engine.connect() as conn:
+        days = conn.execute(text("SELECT days_in_stock FROM v_removed_numbers")).scalar_one()
+    assert abs(float(days) - 2) < 0.001  # relisted on day 30, removed on day 32
