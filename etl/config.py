@@ -314,13 +314,21 @@ def _unknown_connect_options(url: URL, dialect_cls: Any) -> list[str]:
     driver = url.get_driver_name()
     if driver not in ("psycopg", "pymysql"):
         return []
+    from sqlalchemy.exc import ArgumentError
+
     dialect = dialect_cls(dbapi=dialect_cls.import_dbapi())
     given = set(url.query)
+    try:  # the whole URL first: host and port lists must match (?host=h1,h2&port=p1,p2)
+        dialect.create_connect_args(url)
+    except ArgumentError as exc:
+        raise ValueError(f"has connection options that do not fit together: {exc}") from None
+    except (TypeError, ValueError):
+        pass  # the option at fault is named below
     bad = []
-    for option in sorted(given):
+    for option in sorted(given - {"host", "port"}):  # those two only make sense together
         try:
             dialect.create_connect_args(url.set(query={option: url.query[option]}))
-        except (TypeError, ValueError):  # SQLAlchemy's conversion to a number or a boolean
+        except (TypeError, ValueError, ArgumentError):  # a number or a boolean expected
             bad.append(option)
     if bad:
         raise ValueError(

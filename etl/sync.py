@@ -396,6 +396,10 @@ class Sync:
             result.status, result.error = "failed", str(exc)
         except SQLAlchemyError as exc:
             result.status, result.error = "failed", f"database error: {_db_message(exc)}"
+        except Exception as exc:  # a bug, as in _sync_scope: the run must still finish
+            log.exception("scope %s: unexpected error in its close", scope.key)
+            result.status = "failed"
+            result.error = f"unexpected error {type(exc).__name__} (see the log); nothing removed"
         else:
             result.status, result.removed, result.available = (
                 closed.status,

@@ -297,6 +297,10 @@ def test_malformed_database_url_is_a_config_error_without_the_password(
             "mysql+pymysql://root@127.0.0.1/test?connect_timeout=soon",
             "cannot use for the connection option 'connect_timeout'",
         ),
+        (
+            "postgresql+psycopg://root@/test?host=h1,h2&port=5432",
+            "has connection options that do not fit together: .*hosts and ports",
+        ),
     ],
 )
 def test_unknown_connection_option_is_a_config_error(url: str, message: str) -> None:
@@ -312,6 +316,9 @@ def test_unknown_connection_option_is_a_config_error(url: str, message: str) -> 
         "mysql+pymysql://root@127.0.0.1/test?charset=utf8mb4&connect_timeout=5&passwd=x"
         "&ssl_ca=/ca.pem&ssl_check_hostname=false",
         "sqlite:///numbers_stock.sqlite?timeout=30",
+        # several hosts, as SQLAlchemy documents them for libpq
+        "postgresql+psycopg://root@/test?host=127.0.0.1,127.0.0.1&port=5432,5432",
+        "postgresql+psycopg://root@/test?host=127.0.0.1:5432&host=127.0.0.1:5433",
     ],
 )
 def test_known_connection_options_are_accepted(url: str) -> None:

@@ -313,3 +313,116 @@ def test_price_delta_reads_as_the_difference_of_the_prices_shown(engine: Engine)
             text("SELECT price_delta FROM v_price_history ORDER BY price_change_id")
         ).scalars()
         assert [Decimal(str(d)) for d in deltas] == [Decimal("-2.2"), Decimal("2.2")]
+
+
+def test_an_unexpected_error_in_a_close_fails_that_scope_and_the_run_finishes(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import etl.sync as sync_module
+
+    real = sync_module.close_scope
+
+    def close_scope(conn: Any, **kw: Any) -> Any:
+        if kw["scope"].country_code == "NL":
+            raise KeyError("a bug in the close")
+        return real(conn, **kw)
+
+    monkeypatch.setattr(sync_module, "close_scope", close_scope)
+
+    def source(scope: Scope) -> Iterator[Page]:
+        country = scope.country_code
+        number = "+31205550000" if country == "NL" else "+12125550000"
+        yield page(scope.key, T0, [item(number, country)])
+
+    result = Sync(
+        cfg(countries=("NL", "US"), concurrency=2), engine=engine, page_source=source
+    ).run()
+    assert [s.status for s in result.scopes] == ["failed", "complete"]
+    with engine.connect() as conn:
+        from etl.store.schema import sync_runs
+
+        assert conn.execute(select(sync_runs.c.status)).scalar_one() == "partial"
+        assert set(conn.execute(select(sync_scopes.c.status)).scalars()) == {"failed", "complete"}
+
+
+def test_a_fence_late_in_a_long_transaction_extends_the_lock_from_then(engine: Engine) -> None:
+    """PostgreSQL's now() is the transaction's start: a close that took longer than the
+    lock's lifetime must not commit a lock that has already expired."""
+    import time
+
+    from sqlalchemy import text as sql
+
+    from etl.store.engine import begin_write
+    from etl.store.schema import sync_lock
+
+    lock = DatabaseLock(engine, ttl=1.5)
+    lock.acquire()
+    try:
+        with begin_write(engine) as conn:
+            conn.execute(sql("SELECT 1"))
+            time.sleep(2)
+            assert lock.fence(conn)
+        with engine.connect() as conn:
+            expires = conn.execute(select(sync_lock.c.expires_at)).scalar_one()
+        assert expires > datetime.now(UTC)
+    finally:
+        lock.release()
+
+
+def test_a_mariadb_url_gets_the_mysql_session_and_the_database_clock(
+    engine: Engine, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mariadb+pymysql:// is a MySQL-family URL too: READ COMMITTED, UTC, strict modes, and
+    lock times from the server."""
+    if engine.dialect.name != "mysql":
+        pytest.skip("MariaDB only")
+    from sqlalchemy import text as sql
+
+    from etl.store import lock as lock_module
+    from etl.store.engine import make_engine
+
+    url = engine.url.set(drivername="mariadb+pymysql")
+    maria = make_engine(url.render_as_string(hide_password=False))
+    try:
+        with maria.connect() as conn:
+            isolation, zone, mode = conn.execute(
+                sql("SELECT @@tx_isolation, @@session.time_zone, @@session.sql_mode")
+            ).one()
+        assert (isolation, zone) == ("READ-COMMITTED", "+00:00")
+        assert "STRICT_ALL_TABLES" in mode
+        holder = DatabaseLock(maria, ttl=300, holder="host-a:1:x")
+        holder.acquire()
+        try:
+
+            class HostClockAhead(datetime):
+                @classmethod
+                def now(cls, tz: Any = None) -> HostClockAhead:
+                    return super().now(tz) + HOUR  # type: ignore[return-value]
+
+            monkeypatch.setattr(lock_module, "datetime", HostClockAhead)
+            with pytest.raises(LockHeld):
+                DatabaseLock(maria, ttl=300, holder="host-b:1:y").acquire()
+        finally:
+            monkeypatch.undo()
+            holder.release()
+    finally:
+        maria.dispose()
+
+
+def test_the_urls_own_postgresql_options_are_kept(engine: Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only")
+    from sqlalchemy import text as sql
+
+    from etl.store.engine import make_engine
+
+    url = engine.url.update_query_dict({"options": "-c application_name=from-the-url"})
+    pg = make_engine(url.render_as_string(hide_password=False))
+    try:
+        with pg.connect() as conn:
+            name, zone = conn.execute(
+                sql("SELECT current_setting('application_name'), current_setting('TimeZone')")
+            ).one()
+        assert (name, zone) == ("from-the-url", "UTC")
+    finally:
+        pg.dispose()

@@ -91,7 +91,7 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         return engine
     kwargs["pool_size"] = pool_size
     kwargs["max_overflow"] = 4
-    if backend == "mysql":
+    if backend in ("mysql", "mariadb"):  # mysql+pymysql:// or mariadb+pymysql://
         kwargs["isolation_level"] = "READ COMMITTED"
         kwargs["connect_args"] = {
             "charset": "utf8mb4",
@@ -103,6 +103,9 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         # a first sync of 200,000 numbers quadratic (8 minutes instead of under one, see
         # bench/RESULTS.md). Custom plans are made for each run's actual parameters.
         options = "-c timezone=UTC -c plan_cache_mode=force_custom_plan"
+        given = parsed.query.get("options")  # the URL's own (?options=-c search_path=...)
+        if given:
+            options += " " + (given if isinstance(given, str) else " ".join(given))
         kwargs["connect_args"] = {"options": options}
     return create_engine(url, **kwargs)
 

@@ -29,7 +29,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-_NOW = {"postgresql": "SELECT now()", "mysql": "SELECT UTC_TIMESTAMP(6)"}
+# PostgreSQL's now() is when the transaction began; a lock refreshed at the end of a long
+# transaction must count from the moment it is written.
+_NOW = {
+    "postgresql": "SELECT clock_timestamp()",
+    "mysql": "SELECT UTC_TIMESTAMP(6)",
+    "mariadb": "SELECT UTC_TIMESTAMP(6)",
+}
 
 
 def database_now(conn: Connection) -> datetime:
