@@ -383,7 +383,7 @@ def db() -> None:
 def _engine(settings: Settings) -> Iterator[Engine]:
     """An engine for the configured database, disposed at the end; a database that cannot
     be reached is a DatabaseError (exit 1)."""
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import DBAPIError
 
     from etl.store.engine import make_engine
     from etl.sync import _db_message
@@ -391,7 +391,7 @@ def _engine(settings: Settings) -> Iterator[Engine]:
     engine = make_engine(settings.database_url)
     try:
         yield engine
-    except OperationalError as exc:
+    except DBAPIError as exc:  # unreachable, or refused the connection's options
         raise DatabaseError(
             f"cannot use the database {redact_url(settings.database_url)}: {_db_message(exc)}"
         ) from None
