@@ -249,7 +249,7 @@ def sync(
         from etl.dryrun import dry_run as run_dry
 
         with stop_on_signals() as stop:
-            report = run_dry(settings, countries=chosen, stop=stop)
+            report = run_dry(settings, countries=chosen, stop=stop, accept_removals=accepted)
         click.echo(report.render())
         sys.exit(report.exit_code)
     opts = ctx.find_root().obj

@@ -8,16 +8,26 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import Engine, create_engine, inspect, select
+from sqlalchemy.exc import DBAPIError
 
 from etl.config import Settings
-from etl.errors import AuthError, Interrupted, SourceError
+from etl.errors import AuthError, DatabaseError, Interrupted, SourceError
 from etl.records import Page, Scope
 from etl.store.diff import dedupe, removal_guard
 from etl.store.engine import make_engine, sqlite_path
+from etl.store.migrate import check_schema
 from etl.store.schema import numbers
 from etl.store.writer import page_changes, scope_filter
-from etl.sync import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_SIGTERM, scopes_for
+from etl.sync import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_SIGTERM,
+    _db_message,
+    confine,
+    scopes_for,
+)
 
 EXAMPLES = 3
 
@@ -70,24 +80,58 @@ class DryRunReport:
         return "\n".join(lines)
 
 
-def _has_schema(engine: Engine | None) -> bool:
+@dataclass
+class _Listed:
+    """What one scope's listing showed: the numbers of its valid items, the numbers of its
+    rejected items, and how many removed numbers only a rejected item brought back."""
+
+    valid: set[str] = field(default_factory=set)
+    rejected: set[str] = field(default_factory=set)
+    relisted_rejected: int = 0
+    unreadable: int = 0
+
+
+def _read_engine(settings: Settings) -> Engine | None:
+    """An engine that only reads, or None for a SQLite file that does not exist yet (an
+    empty history; it is not created). On SQLite a plain engine: the sync's own would take
+    the write lock (BEGIN IMMEDIATE) for every read, and wait for a running sync's page."""
+    url = settings.database_url
+    path = sqlite_path(url)
+    if path is None:
+        return make_engine(url)
+    if not str(path).startswith("file:") and not path.exists():
+        return None
+    return create_engine(url, connect_args={"timeout": 60})
+
+
+def _uses_history(settings: Settings, engine: Engine | None) -> bool:
+    """Whether there is a history to compare with. A database behind the migrations is
+    refused as the sync refuses it (SchemaOutOfDate), except the default SQLite file,
+    which the sync would create."""
     if engine is None:
         return False
-    with engine.connect() as conn:
-        return "numbers" in inspect(conn).get_table_names()
+    if settings.uses_default_database:
+        with engine.connect() as conn:
+            if "numbers" not in inspect(conn).get_table_names():
+                return False
+    check_schema(engine)
+    return True
 
 
 def dry_run(
     settings: Settings,
     *,
     countries: Sequence[str] | None = None,
+    accept_removals: Iterable[str] = (),
     stop: threading.Event | None = None,
     page_source: Callable[[Scope], Iterable[Page]] | None = None,
 ) -> DryRunReport:
+    """What a sync would do: every scope's pages compared with the stored history, then,
+    as the sync closes scopes only once every scope is paged, each complete scope's
+    removals, counted against every number the whole run saw."""
     stop = stop or threading.Event()
-    path = sqlite_path(settings.database_url)
-    # A SQLite file that does not exist yet is an empty history; do not create it.
-    engine = None if path is not None and not path.exists() else make_engine(settings.database_url)
+    accepted = {c.upper() for c in accept_removals}
+    engine = _read_engine(settings)
     client = None
     if page_source is None:
         from etl.source.client import BirdClient
@@ -112,23 +156,31 @@ def dry_run(
             )
 
     try:
-        use_db = _has_schema(engine)
+        history = engine if _uses_history(settings, engine) else None
         scopes = scopes_for(settings, countries)
         workers = max(1, min(settings.concurrency, len(scopes)))
         auth: list[AuthError] = []
         source = page_source
 
-        def one(scope: Scope) -> ScopeReport:
+        def one(scope: Scope) -> tuple[ScopeReport, _Listed]:
             try:
-                return _scope(settings, engine if use_db else None, scope, source)
+                return _scope(history, scope, source)
             except AuthError as exc:
                 auth.append(exc)
                 stop.set()
-                return ScopeReport(scope, status="failed", error=str(exc))
+                return ScopeReport(scope, status="failed", error=str(exc)), _Listed()
 
         with ThreadPoolExecutor(workers) as pool:
-            reports = list(pool.map(one, scopes))
-        return DryRunReport(reports, auth_failed=bool(auth))
+            listed = list(pool.map(one, scopes))
+        if history is not None:
+            seen_valid = set().union(*(seen.valid for _, seen in listed))
+            seen_any = seen_valid.union(*(seen.rejected for _, seen in listed))
+            for report, seen in listed:
+                if report.status == "complete" and not seen.unreadable:
+                    _removals(settings, history, report, seen, seen_valid, seen_any, accepted)
+        return DryRunReport([report for report, _ in listed], auth_failed=bool(auth))
+    except DBAPIError as exc:
+        raise DatabaseError(f"the database failed: {_db_message(exc)}") from None
     finally:
         if client is not None:
             client.close()
@@ -137,32 +189,35 @@ def dry_run(
 
 
 def _scope(
-    settings: Settings,
     engine: Engine | None,
     scope: Scope,
     source: Callable[[Scope], Iterable[Page]],
-) -> ScopeReport:
+) -> tuple[ScopeReport, _Listed]:
     report = ScopeReport(scope)
-    seen: set[str] = set()
-    unreadable = 0
+    seen = _Listed()
     try:
         for page in source(scope):
+            page = confine(page, scope)  # as the sync: other countries' items are rejected
             report.pages += 1
             report.items += len(page.items) + len(page.rejections)
-            fresh = [i for i in dedupe(page.items) if i.number not in seen]
+            fresh = [i for i in dedupe(page.items) if i.number not in seen.valid]
+            rejected = []
             for rejection in page.rejections:
                 report.note("rejected", f"{rejection.number or '?'}: {rejection.reason}")
-                unreadable += rejection.number is None
-                if rejection.number:
-                    seen.add(rejection.number)
-            page = Page(page.scope_key, page.index, page.fetched_at, tuple(fresh), page.rejections)
-            seen.update(i.number for i in fresh)
+                seen.unreadable += rejection.number is None
+                number = rejection.number
+                if number and number not in seen.valid and number not in seen.rejected:
+                    rejected.append(rejection)
+            page = Page(page.scope_key, page.index, page.fetched_at, tuple(fresh), tuple(rejected))
+            seen.valid.update(i.number for i in fresh)
+            seen.rejected.update(r.number for r in rejected if r.number)
             if engine is None:
                 for item in fresh:
                     report.note("listed", f"{item.number} {item.price.value} {item.price.currency}")
                 continue
             with engine.connect() as conn:
                 changes = page_changes(conn, page)
+            seen.relisted_rejected += len(changes.relisted)
             for item in changes.new:
                 report.note("listed", f"{item.number} {item.price.value} {item.price.currency}")
             for event in changes.events:
@@ -176,35 +231,52 @@ def _scope(
                 )
     except Interrupted:
         report.status, report.error = "aborted", "stopped by a signal"
-        return report
     except SourceError as exc:
         if isinstance(exc, AuthError):
             raise
         report.status, report.error = "failed", f"{exc}; a sync would remove nothing here"
-        return report
-    if engine is None or unreadable:
-        return report
+    return report, seen
+
+
+def _removals(
+    settings: Settings,
+    engine: Engine,
+    report: ScopeReport,
+    seen: _Listed,
+    seen_valid: set[str],
+    seen_any: set[str],
+    accepted: set[str],
+) -> None:
+    """The close of a complete scope, as ``close_scope`` would decide it after the run's
+    pages: its available numbers are the stored ones that no scope saw elsewhere, the ones
+    its listing showed, and the removed ones its rejected items bring back."""
+    scope = report.scope
     with engine.connect() as conn:
         rows = conn.execute(
             select(numbers.c.number, numbers.c.missed_runs).where(scope_filter(scope))
         ).all()
-    missed = [r.number for r in rows if r.number not in seen]
+    available = (
+        sum(1 for r in rows if r.number not in seen_valid)  # moved elsewhere if seen there
+        + len(seen.valid)
+        + seen.relisted_rejected
+    )
+    missed = [r.number for r in rows if r.number not in seen_any]
     due = [
         r.number
         for r in rows
-        if r.number not in seen and r.missed_runs + 1 >= settings.removal_confirmations
+        if r.number not in seen_any and r.missed_runs + 1 >= settings.removal_confirmations
     ]
     decision = removal_guard(
         country=scope.country_code,
-        available=len(rows),
+        available=available,
         would_remove=len(due),
         max_fraction=settings.max_removal_fraction,
-        accepted=False,
+        accepted=scope.country_code in accepted,
         missed=len(missed),
     )
     if not decision.proceed:
         report.status, report.error = "held", decision.reason
-        return report
+        return
     for number in due:
         report.note("removed", number)
     if len(missed) > len(due):
@@ -212,4 +284,3 @@ def _scope(
             f"{len(missed) - len(due)} missing number(s) wait for more confirmations "
             f"(removal_confirmations = {settings.removal_confirmations})"
         )
-    return report

@@ -346,7 +346,7 @@ class Sync:
         last_fetch: datetime | None = None
         assert self._page_source is not None
         for page in self._page_source(scope):
-            page = _confine(page, scope)
+            page = confine(page, scope)
             counts = in_transaction(
                 conn,
                 lambda c, p=page: apply_page(  # type: ignore[misc]
@@ -428,7 +428,7 @@ class _Paged:
     unreadable: int = 0
 
 
-def _confine(page: Page, scope: Scope) -> Page:
+def confine(page: Page, scope: Scope) -> Page:
     """Reject items outside the scope asked for (Bird returning another country's numbers)."""
     outside = [item for item in page.items if not scope.contains(item)]
     if not outside:
