@@ -411,22 +411,86 @@ def _parse_types(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(types))
 
 
+MAX_INTERVAL_DAYS = 3650
 _INTERVAL_RE = re.compile(r"^([1-9][0-9]*)\s*([smhd])$")
 
 
 def _parse_schedule(value: Any) -> str:
     text = str(value).strip()
     if _INTERVAL_RE.match(text):
+        parse_interval(text)  # within its bound
         return text
-    from apscheduler.triggers.cron import CronTrigger
-
     try:
-        CronTrigger.from_crontab(text, timezone="UTC")
+        crontab_trigger(text)
     except ValueError as exc:
         raise ValueError(
             f"is neither a cron expression ({exc}) nor an interval such as 30m or 6h"
         ) from None
     return text
+
+
+_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab's 0-6 (7 is sun too)
+
+
+def _crontab_day(text: str) -> int:
+    name = text.lower()
+    if name in _WEEKDAYS:
+        return _WEEKDAYS.index(name)
+    if name.isdigit() and int(name) <= 7:
+        return int(name) % 7
+    raise ValueError(f"{text!r} is not a day of the week (0-7 or sun-sat)")
+
+
+def _crontab_weekdays(field: str) -> str:
+    """A crontab day-of-week field (0 or 7 is Sunday, 1 Monday) as APScheduler's names:
+    its own numbers start at Monday, so `1-5` would run Tuesday to Saturday."""
+    if field == "*":
+        return "*"
+    days: set[int] = set()
+    for part in field.split(","):
+        span, _, step_text = part.partition("/")
+        step = int(step_text) if step_text.isdigit() and int(step_text) > 0 else None
+        if step_text and step is None:
+            raise ValueError(f"{part!r}: the step must be a positive whole number")
+        if span == "*":
+            first, last = 0, 6
+        elif "-" in span:
+            start, _, end = span.partition("-")
+            first, last = _crontab_day(start), _crontab_day(end)
+            if end.strip() == "7" or (last == 0 and end.lower() == "sun"):
+                last = 7  # 5-7: Friday to Sunday
+        else:
+            first = _crontab_day(span)
+            last = 6 if step else first
+        if last < first:
+            raise ValueError(f"{part!r}: a range must go forwards")
+        days.update(d % 7 for d in range(first, last + 1, step or 1))
+    return ",".join(_WEEKDAYS[d] for d in sorted(days))
+
+
+def crontab_trigger(text: str) -> Any:
+    """An APScheduler CronTrigger in UTC that fires when ``crontab(5)`` would for the same
+    five fields. Days of the week are counted as cron counts them; day of month and day of
+    week may not both be restricted (cron fires on either, APScheduler on both)."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    fields = text.split()
+    if len(fields) != 5:
+        raise ValueError(f"wrong number of fields; got {len(fields)}, expected 5")
+    minute, hour, day, month, weekday = fields
+    if day != "*" and weekday != "*":
+        raise ValueError(
+            "day of month and day of week are both set; cron would run on either, which "
+            "numbers-etl does not do: keep one of them '*'"
+        )
+    return CronTrigger(
+        minute=minute,
+        hour=hour,
+        day=day,
+        month=month,
+        day_of_week=_crontab_weekdays(weekday),
+        timezone="UTC",
+    )
 
 
 def _parse_str(value: Any) -> str:
@@ -482,7 +546,10 @@ def parse_interval(text: str) -> int | None:
     match = _INTERVAL_RE.match(text.strip())
     if not match:
         return None
-    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    seconds = int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    if seconds > MAX_INTERVAL_DAYS * 86400:
+        raise ValueError(f"{text!r} is longer than {MAX_INTERVAL_DAYS} days")
+    return seconds
 
 
 def _describe(key: str, value: Any) -> str:

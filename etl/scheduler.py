@@ -18,11 +18,10 @@ from typing import Any
 
 from apscheduler.events import EVENT_SCHEDULER_STARTED
 from apscheduler.schedulers.blocking import BlockingScheduler
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
-from etl.config import Settings, parse_interval
+from etl.config import Settings, crontab_trigger, parse_interval
 from etl.errors import EtlError, LockHeld
 from etl.metrics import Metrics
 from etl.report import run_fields, summary_line
@@ -40,7 +39,7 @@ def make_trigger(schedule: str) -> tuple[Any, int]:
     seconds = parse_interval(schedule)
     if seconds is not None:
         return IntervalTrigger(seconds=seconds, timezone=UTC), min(CRON_GRACE, max(5, seconds // 2))
-    return CronTrigger.from_crontab(schedule, timezone=UTC), CRON_GRACE
+    return crontab_trigger(schedule), CRON_GRACE
 
 
 class SyncScheduler:

@@ -50,6 +50,62 @@ def test_cron_trigger_is_utc() -> None:
     assert trigger.get_next_fire_time(None, after) == datetime(2026, 1, 1, 12, tzinfo=UTC)
 
 
+def _weekdays(schedule: str, runs: int = 5) -> list[str]:
+    trigger, _ = make_trigger(schedule)
+    at, out = datetime(2026, 1, 3, 12, tzinfo=UTC), []  # a Saturday
+    for _ in range(runs):
+        at = trigger.get_next_fire_time(None, at)
+        out.append(at.strftime("%a"))
+        at += timedelta(minutes=1)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("schedule", "days"),
+    [
+        ("0 6 * * 1-5", ["Mon", "Tue", "Wed", "Thu", "Fri"]),  # APScheduler's 1-5: Tue-Sat
+        ("0 0 * * 0", ["Sun"] * 5),
+        ("0 0 * * 7", ["Sun"] * 5),
+        ("0 0 * * 5-7", ["Sun", "Fri", "Sat", "Sun", "Fri"]),
+        ("0 0 * * */2", ["Sun", "Tue", "Thu", "Sat", "Sun"]),
+        ("0 0 * * mon-fri", ["Mon", "Tue", "Wed", "Thu", "Fri"]),
+        ("0 0 * * 1,3", ["Mon", "Wed", "Mon", "Wed", "Mon"]),
+    ],
+)
+def test_cron_days_of_the_week_are_counted_as_cron_counts_them(
+    schedule: str, days: list[str]
+) -> None:
+    assert _weekdays(schedule) == days
+
+
+@pytest.mark.parametrize(
+    ("schedule", "message"),
+    [
+        ("0 0 1 * 1", "day of month and day of week are both set"),
+        ("0 0 * * 8", "'8' is not a day of the week"),
+        ("0 0 * * 5-1", "a range must go forwards"),
+        ("3000000d", "longer than 3650 days"),
+    ],
+)
+def test_schedules_cron_would_read_otherwise_are_refused(schedule: str, message: str) -> None:
+    from etl.config import load_settings
+    from etl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env={"NUMBERS_ETL_SCHEDULE": schedule})
+
+
+def test_a_huge_max_age_is_a_usage_error(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from etl.cli import cli
+
+    url = f"sqlite:///{tmp_path}/none.sqlite"
+    result = CliRunner().invoke(cli, ["status", "--database-url", url, "--max-age", "99999999d"])
+    assert result.exit_code == 2, result.output
+    assert "longer than 3650 days" in result.output
+
+
 def test_a_run_that_cannot_take_the_lock_is_skipped_not_raised(
     simulator: Simulator, db_url: str, engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
