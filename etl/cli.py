@@ -343,11 +343,13 @@ def _max_age(_ctx: click.Context, _param: click.Parameter, value: str) -> timede
 def status(settings: Settings, max_age: timedelta) -> NoReturn:
     """Last run, last successful run, per-country state; exit 1 when unhealthy.
 
-    Unhealthy: no successful sync yet, the last one older than --max-age, or the last
-    finished run failed, partial or abandoned. For monitoring checks."""
+    Unhealthy: no successful sync yet, the last one older than --max-age, the last
+    finished run failed, partial or abandoned, or a configured country not listed
+    completely within --max-age or failed or held in its last run. For monitoring checks."""
     from etl.status import read_status
     from etl.store.engine import sqlite_path
     from etl.store.migrate import check_schema
+    from etl.sync import scopes_for
 
     path = sqlite_path(settings.database_url)
     if path is not None and not path.exists():
@@ -355,7 +357,12 @@ def status(settings: Settings, max_age: timedelta) -> NoReturn:
         sys.exit(EXIT_FAILED)
     with _engine(settings) as engine:
         check_schema(engine)
-        report = read_status(engine, now=datetime.now(UTC), max_age=max_age)
+        report = read_status(
+            engine,
+            now=datetime.now(UTC),
+            max_age=max_age,
+            scope_keys=[scope.key for scope in scopes_for(settings)],
+        )
     click.echo(report.render())
     sys.exit(report.exit_code)
 

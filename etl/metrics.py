@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server, write_to_textfile
+from prometheus_client.metrics_core import Metric
 from sqlalchemy import Connection, Engine, func, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -30,12 +34,44 @@ EVENTS = ("listed", "removed", "relisted", "changed")
 PREFIX = "numbers_etl_"
 
 
+class _LockedRegistry(CollectorRegistry):
+    """A registry collected under the lock that ``Metrics.record`` updates its gauges under,
+    so that a scrape never sees a refresh half done (a scope's series cleared, not yet set
+    again)."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        super().__init__(auto_describe=True)
+        self._update_lock = lock
+
+    def collect(self) -> Iterator[Metric]:
+        with self._update_lock:
+            families = list(super().collect())
+        yield from families
+
+
+@dataclass
+class _Snapshot:
+    """The database's figures, read before any gauge changes."""
+
+    has_runs: bool = False
+    last: Any = None
+    success: datetime | None = None
+    scopes: list[Any] = field(default_factory=list)
+    stock: list[tuple[str, bool, int]] = field(default_factory=list)
+
+
+# Series read from the database: a process that never read it leaves them out rather than
+# report 0 ("never succeeded", run 0 in 1970) while the database is down.
+_FROM_DATABASE = ("last_id", "last_time", "last_duration", "last_success")
+
+
 class Metrics:
     """The gauges of one process, in their own registry."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
         self._lock = threading.Lock()
+        self.registry = _LockedRegistry(self._lock)
+        self._read_once = False
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -95,40 +131,46 @@ class Metrics:
                 self.http_errors.clear()
                 for status, count in (result.http.get("errors") or {}).items():
                     self.http_errors.labels(str(status)).set(count)
-            if engine is None:
-                return
-            try:
-                with engine.connect() as conn:
-                    self._from_database(conn)
-                self.database_up.set(1)
-            except SQLAlchemyError as exc:
-                log.warning("metrics: could not read the database: %s", str(exc).splitlines()[0])
+        if engine is None:
+            return
+        try:
+            with engine.connect() as conn:
+                snapshot = _read(conn)
+        except SQLAlchemyError as exc:
+            log.warning("metrics: could not read the database: %s", str(exc).splitlines()[0])
+            with self._lock:
                 self.database_up.set(0)
+                if not self._read_once:
+                    for name in _FROM_DATABASE:
+                        with suppress(KeyError):
+                            self.registry.unregister(getattr(self, name))
+            return
+        with self._lock:
+            if not self._read_once:
+                self._read_once = True
+                for name in _FROM_DATABASE:
+                    with suppress(ValueError):  # registered already
+                        self.registry.register(getattr(self, name))
+            self._apply(snapshot)
+            self.database_up.set(1)
 
-    def _from_database(self, conn: Connection) -> None:
-        if not inspect(conn).has_table(sync_runs.name):
+    def _apply(self, snapshot: _Snapshot) -> None:
+        if not snapshot.has_runs:
             self.last_success.set(0)  # a new database: no runs yet
             return
-        last = conn.execute(
-            select(sync_runs)
-            .where(sync_runs.c.status != "running")
-            .order_by(sync_runs.c.id.desc())
-            .limit(1)
-        ).first()
-        success = conn.scalar(
-            select(func.max(sync_runs.c.finished_at)).where(sync_runs.c.status == "succeeded")
-        )
+        success = snapshot.success
         self.last_success.set(success.timestamp() if success is not None else 0)
         for gauge in (self.pages, self.items, self.events, self.prices, self.rejected):
             gauge.clear()
         self.scope_status.clear()
+        last = snapshot.last
         if last is not None:
             _one_hot(self.last_status, last.status, RUN_STATUSES)
             self.last_id.set(last.id)
             if last.finished_at is not None:
                 self.last_time.set(last.finished_at.timestamp())
                 self.last_duration.set((last.finished_at - last.started_at).total_seconds())
-            for scope in conn.execute(select(sync_scopes).where(sync_scopes.c.run_id == last.id)):
+            for scope in snapshot.scopes:
                 key = scope.scope_key
                 self.pages.labels(key).set(scope.pages)
                 self.items.labels(key).set(scope.items)
@@ -139,13 +181,7 @@ class Metrics:
                 for status in SCOPE_STATUSES:
                     self.scope_status.labels(key, status).set(int(scope.status == status))
         self.numbers.clear()
-        in_stock = numbers.c.removed_at.is_(None)
-        rows = conn.execute(
-            select(numbers.c.country_code, in_stock, func.count()).group_by(
-                numbers.c.country_code, in_stock
-            )
-        )
-        for country, available, count in rows:
+        for country, available, count in snapshot.stock:
             self.numbers.labels(country, "available" if available else "removed").set(count)
 
     def write(self, path: str | Path) -> None:
@@ -169,6 +205,35 @@ class Metrics:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+
+
+def _read(conn: Connection) -> _Snapshot:
+    if not inspect(conn).has_table(sync_runs.name):
+        return _Snapshot()
+    last = conn.execute(
+        select(sync_runs)
+        .where(sync_runs.c.status != "running")
+        .order_by(sync_runs.c.id.desc())
+        .limit(1)
+    ).first()
+    success = conn.scalar(
+        select(func.max(sync_runs.c.finished_at)).where(sync_runs.c.status == "succeeded")
+    )
+    scopes = (
+        list(conn.execute(select(sync_scopes).where(sync_scopes.c.run_id == last.id)))
+        if last is not None
+        else []
+    )
+    in_stock = numbers.c.removed_at.is_(None)
+    stock = [
+        (country, bool(available), int(count))
+        for country, available, count in conn.execute(
+            select(numbers.c.country_code, in_stock, func.count()).group_by(
+                numbers.c.country_code, in_stock
+            )
+        )
+    ]
+    return _Snapshot(True, last, success, scopes, stock)
 
 
 def _one_hot(gauge: Gauge, value: str, values: tuple[str, ...]) -> None:

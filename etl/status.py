@@ -3,11 +3,12 @@ Kubernetes probes, a cron mail): exit 0 when healthy, 1 with the reason when not
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from etl.config import parse_interval
 from etl.store.schema import sync_runs, sync_scopes
@@ -50,10 +51,14 @@ class Status:
     last_finished: dict[str, Any] | None = None
     last_success: dict[str, Any] | None = None
     scopes: list[dict[str, Any]] = field(default_factory=list)
+    # Each configured scope: its last complete listing (None: never) and its latest status
+    # in a finished run, so that a country failing in every run shows even when runs of
+    # other countries (`sync --country`) succeed.
+    configured: dict[str, tuple[datetime | None, str | None]] = field(default_factory=dict)
 
     @property
     def problems(self) -> list[str]:
-        out = []
+        out = self._scope_problems()
         if self.last_success is None:
             out.append("no sync has succeeded yet")
         else:
@@ -66,6 +71,20 @@ class Status:
         finished = self.last_finished
         if finished is not None and finished["status"] in UNHEALTHY:
             out.append(f"the last run ({finished['id']}) is {finished['status']}")
+        return out
+
+    def _scope_problems(self) -> list[str]:
+        out = []
+        for key, (complete, latest) in self.configured.items():
+            if complete is None:
+                out.append(f"{key} has never been listed completely")
+            elif self.now - complete > self.max_age:
+                out.append(
+                    f"{key} was last listed completely {_age(complete, self.now)} ago, "
+                    f"more than --max-age {_span(self.max_age)}"
+                )
+            if latest in ("failed", "held"):
+                out.append(f"{key} is {latest} in its last run")
         return out
 
     @property
@@ -110,11 +129,27 @@ class Status:
         return text
 
 
-def read_status(engine: Engine, *, now: datetime, max_age: timedelta) -> Status:
-    """The last run, the last finished run, the last successful run and the per-country
-    state of the last run."""
+def read_status(
+    engine: Engine, *, now: datetime, max_age: timedelta, scope_keys: Sequence[str] = ()
+) -> Status:
+    """The last run, the last finished run, the last successful run, the per-country
+    state of the last run, and for each of ``scope_keys`` (the configured scopes) its last
+    complete listing and latest status."""
     status = Status(now=now, max_age=max_age)
     with engine.connect() as conn:
+        s = sync_scopes.c
+        finished = select(sync_runs.c.id).where(sync_runs.c.status != "running")
+        for key in scope_keys:
+            complete = conn.scalar(
+                select(func.max(s.finished_at)).where(s.scope_key == key, s.status == "complete")
+            )
+            latest = conn.scalar(
+                select(s.status)
+                .where(s.scope_key == key, s.run_id.in_(finished.scalar_subquery()))
+                .order_by(s.run_id.desc())
+                .limit(1)
+            )
+            status.configured[key] = (complete, latest)
 
         def latest(*where: Any) -> dict[str, Any] | None:
             row = conn.execute(

@@ -152,3 +152,61 @@ def test_a_new_database_has_no_runs_yet_but_is_up(tmp_path: Path) -> None:
     found = samples(path.read_text())
     assert value(found, "database_up") == 1
     assert value(found, "last_success_timestamp_seconds") == 0
+
+
+def _unlabelled(text: str) -> dict[str, float]:
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
+
+
+def test_a_metrics_file_with_the_database_down_does_not_claim_it_never_succeeded(
+    tmp_path: Path,
+) -> None:
+    """A `sync --metrics-file` process that cannot read the database leaves out what it did
+    not read, instead of 0 ("never succeeded", run 0 in 1970) that would fire alerts."""
+    from etl.metrics import write_file
+
+    path = tmp_path / "numbers_etl.prom"
+    write_file(path, "postgresql+psycopg://nobody@127.0.0.1:1/none", None, "error")
+    found = _unlabelled(path.read_text())
+    assert found["numbers_etl_database_up"] == 0
+    for name in ("last_success_timestamp_seconds", "last_run_id", "last_run_timestamp_seconds"):
+        assert f"numbers_etl_{name}" not in found
+
+
+def test_a_scrape_during_a_refresh_sees_every_series(
+    simulator: Simulator, db_url: str, engine: Engine
+) -> None:
+    """The database is read before any gauge changes, and the registry is collected under
+    the lock the gauges change under: no scrape sees a scope's series cleared."""
+    import threading
+    import time
+
+    from prometheus_client import generate_latest
+    from sqlalchemy import event
+
+    Sync(make_settings(simulator, db_url)).run()
+    metrics = Metrics()
+    metrics.record(engine)
+    series = 'numbers_etl_last_run_pages{scope="US"}'
+    assert series in generate_latest(metrics.registry).decode()
+    reading = threading.Event()
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def slow(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if "FROM numbers" in statement:
+            reading.set()
+            time.sleep(0.5)
+
+    refresh = threading.Thread(target=metrics.record, args=(engine,))
+    refresh.start()
+    assert reading.wait(10)
+    during = generate_latest(metrics.registry).decode()
+    refresh.join()
+    event.remove(engine, "before_cursor_execute", slow)
+    assert series in during
+    assert "numbers_etl_numbers{" in during

@@ -122,3 +122,34 @@ def test_bad_max_age_is_a_usage_error(db_url: str) -> None:
     result = status(db_url, "--max-age", "soon")
     assert result.exit_code == 2
     assert "'soon' is not a duration such as 90s, 30m, 12h or 2d" in result.stderr
+
+
+def test_a_country_failing_while_runs_of_others_succeed_is_a_problem(
+    db_url: str, engine: Engine
+) -> None:
+    """`sync --country US` succeeds after a run where NL failed: the last run is fine, but
+    NL, configured, is not."""
+    started = ago(minutes=30)
+    with engine.begin() as conn:
+        run_id, (us, nl) = runs.start_run(conn, started, [Scope("US"), Scope("NL")])
+        runs.finish_scope(conn, us, "complete", started, None)
+        runs.finish_scope(conn, nl, "failed", started, "503")
+        runs.finish_run(conn, run_id, "partial", started, "NL: failed: 503")
+        later = started + timedelta(minutes=10)
+        run_id, (us,) = runs.start_run(conn, later, [Scope("US")])
+        runs.finish_scope(conn, us, "complete", later, None)
+        runs.finish_run(conn, run_id, "succeeded", later, None)
+    configured = {"NUMBERS_ETL_COUNTRIES": "US,NL"}
+    result = CliRunner().invoke(cli, ["status", "--database-url", db_url], env=configured)
+    assert result.exit_code == 1, result.output
+    assert "PROBLEM: NL has never been listed completely" in result.stdout
+    assert "PROBLEM: NL is failed in its last run" in result.stdout
+    assert "US" not in "".join(line for line in result.stdout.splitlines() if "PROBLEM" in line)
+    # once NL is listed completely again, all is well
+    with engine.begin() as conn:
+        now = ago(minutes=1)
+        run_id, (nl,) = runs.start_run(conn, now, [Scope("NL")])
+        runs.finish_scope(conn, nl, "complete", now, None)
+        runs.finish_run(conn, run_id, "succeeded", now, None)
+    result = CliRunner().invoke(cli, ["status", "--database-url", db_url], env=configured)
+    assert result.exit_code == 0, result.output
