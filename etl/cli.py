@@ -348,7 +348,7 @@ def status(settings: Settings, max_age: timedelta) -> NoReturn:
     completely within --max-age or failed or held in its last run. For monitoring checks."""
     from etl.status import read_status
     from etl.store.engine import sqlite_path
-    from etl.store.migrate import check_schema
+    from etl.store.migrate import check_schema, current_revision
     from etl.sync import scopes_for
 
     path = sqlite_path(settings.database_url)
@@ -356,6 +356,10 @@ def status(settings: Settings, max_age: timedelta) -> NoReturn:
         click.echo(f"PROBLEM: no database at {path}: no sync has run yet")
         sys.exit(EXIT_FAILED)
     with _engine(settings) as engine:
+        if settings.uses_default_database and current_revision(engine) is None:
+            # created empty (by the scheduler's metrics, say); the first sync migrates it
+            click.echo(f"PROBLEM: no sync has run yet in {path}")
+            sys.exit(EXIT_FAILED)
         check_schema(engine)
         report = read_status(
             engine,

@@ -153,3 +153,21 @@ def test_a_country_failing_while_runs_of_others_succeed_is_a_problem(
         runs.finish_run(conn, run_id, "succeeded", now, None)
     result = CliRunner().invoke(cli, ["status", "--database-url", db_url], env=configured)
     assert result.exit_code == 0, result.output
+
+
+def test_an_empty_default_database_means_no_sync_yet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scheduler's metrics open the default SQLite file before the first sync, which
+    leaves it empty: that is "no sync has run yet" (1), not "run db upgrade" (2)."""
+    from etl.store.engine import make_engine
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NUMBERS_ETL_DATABASE_URL", raising=False)
+    monkeypatch.delenv("NUMBERS_ETL_CONFIG", raising=False)
+    engine = make_engine("sqlite:///numbers_stock.sqlite")
+    engine.connect().close()
+    engine.dispose()
+    result = CliRunner().invoke(cli, ["status"])
+    assert result.exit_code == 1, result.output
+    assert "PROBLEM: no sync has run yet" in result.output
