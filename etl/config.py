@@ -433,18 +433,20 @@ _WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab's 0-6 (
 
 
 def _crontab_day(text: str) -> int:
+    """A day of the week as cron reads it: 0-7 (0 and 7 are Sunday) or a name (sun is 0)."""
     name = text.lower()
     if name in _WEEKDAYS:
         return _WEEKDAYS.index(name)
     if name.isdigit() and int(name) <= 7:
-        return int(name) % 7
+        return int(name)
     raise ValueError(f"{text!r} is not a day of the week (0-7 or sun-sat)")
 
 
 def _crontab_weekdays(field: str) -> str:
     """A crontab day-of-week field (0 or 7 is Sunday, 1 Monday) as APScheduler's names:
-    its own numbers start at Monday, so `1-5` would run Tuesday to Saturday."""
-    if field == "*":
+    its own numbers start at Monday, so `1-5` would run Tuesday to Saturday. Ranges are
+    expanded as cron expands them (5-7 is Friday to Sunday), then 7 is Sunday."""
+    if field.startswith("*") and "/" not in field:
         return "*"
     days: set[int] = set()
     for part in field.split(","):
@@ -457,8 +459,6 @@ def _crontab_weekdays(field: str) -> str:
         elif "-" in span:
             start, _, end = span.partition("-")
             first, last = _crontab_day(start), _crontab_day(end)
-            if end.strip() == "7" or (last == 0 and end.lower() == "sun"):
-                last = 7  # 5-7: Friday to Sunday
         else:
             first = _crontab_day(span)
             last = 6 if step else first
@@ -478,7 +478,7 @@ def crontab_trigger(text: str) -> Any:
     if len(fields) != 5:
         raise ValueError(f"wrong number of fields; got {len(fields)}, expected 5")
     minute, hour, day, month, weekday = fields
-    if day != "*" and weekday != "*":
+    if not day.startswith("*") and not weekday.startswith("*"):
         raise ValueError(
             "day of month and day of week are both set; cron would run on either, which "
             "numbers-etl does not do: keep one of them '*'"

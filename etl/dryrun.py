@@ -8,11 +8,11 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, create_engine, inspect, select
+from sqlalchemy import Engine, create_engine, func, inspect, select
 from sqlalchemy.exc import DBAPIError
 
 from etl.config import Settings
-from etl.errors import AuthError, DatabaseError, Interrupted, SourceError
+from etl.errors import AuthError, DatabaseError, Interrupted, SchemaOutOfDate, SourceError
 from etl.records import Page, Scope
 from etl.store.diff import dedupe, removal_guard
 from etl.store.engine import make_engine, sqlite_path
@@ -82,13 +82,38 @@ class DryRunReport:
 
 @dataclass
 class _Listed:
-    """What one scope's listing showed: the numbers of its valid items, the numbers of its
-    rejected items, and how many removed numbers only a rejected item brought back."""
+    """What one scope's listing showed: the numbers of its valid items and of its rejected
+    items."""
 
     valid: set[str] = field(default_factory=set)
     rejected: set[str] = field(default_factory=set)
-    relisted_rejected: int = 0
     unreadable: int = 0
+
+
+class _Relistings:
+    """The numbers a run relists, once each, whichever page or scope shows them first (the
+    sync relists a number once: the next page finds it in stock)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._numbers: set[str] = set()
+
+    def first(self, number: str) -> bool:
+        with self._lock:
+            if number in self._numbers:
+                return False
+            self._numbers.add(number)
+            return True
+
+
+@dataclass(frozen=True)
+class _RunSeen:
+    """The numbers the run's scopes saw: as valid items, at all, and only as rejected
+    items."""
+
+    valid: set[str]
+    any: set[str]
+    rejected_only: set[str]
 
 
 def _read_engine(settings: Settings) -> Engine | None:
@@ -109,7 +134,12 @@ def _uses_history(settings: Settings, engine: Engine | None) -> bool:
     refused as the sync refuses it (SchemaOutOfDate), except the default SQLite file,
     which the sync would create."""
     if engine is None:
-        return False
+        if settings.uses_default_database:
+            return False  # the sync creates the default file
+        raise SchemaOutOfDate(
+            f"there is no database at {sqlite_path(settings.database_url)}; create it with "
+            "`numbers-etl db upgrade` first"
+        )
     if settings.uses_default_database:
         with engine.connect() as conn:
             if "numbers" not in inspect(conn).get_table_names():
@@ -162,9 +192,11 @@ def dry_run(
         auth: list[AuthError] = []
         source = page_source
 
+        relistings = _Relistings()
+
         def one(scope: Scope) -> tuple[ScopeReport, _Listed]:
             try:
-                return _scope(history, scope, source)
+                return _scope(history, scope, source, relistings)
             except AuthError as exc:
                 auth.append(exc)
                 stop.set()
@@ -175,9 +207,10 @@ def dry_run(
         if history is not None:
             seen_valid = set().union(*(seen.valid for _, seen in listed))
             seen_any = seen_valid.union(*(seen.rejected for _, seen in listed))
+            run = _RunSeen(seen_valid, seen_any, seen_any - seen_valid)
             for report, seen in listed:
                 if report.status == "complete" and not seen.unreadable:
-                    _removals(settings, history, report, seen, seen_valid, seen_any, accepted)
+                    _removals(settings, history, report, seen, run, accepted)
         return DryRunReport([report for report, _ in listed], auth_failed=bool(auth))
     except DBAPIError as exc:
         raise DatabaseError(f"the database failed: {_db_message(exc)}") from None
@@ -192,6 +225,7 @@ def _scope(
     engine: Engine | None,
     scope: Scope,
     source: Callable[[Scope], Iterable[Page]],
+    relistings: _Relistings,
 ) -> tuple[ScopeReport, _Listed]:
     report = ScopeReport(scope)
     seen = _Listed()
@@ -217,10 +251,11 @@ def _scope(
                 continue
             with engine.connect() as conn:
                 changes = page_changes(conn, page)
-            seen.relisted_rejected += len(changes.relisted)
             for item in changes.new:
                 report.note("listed", f"{item.number} {item.price.value} {item.price.currency}")
             for event in changes.events:
+                if event.event == "relisted" and not relistings.first(event.number):
+                    continue
                 if event.event != "listed":
                     report.note(event.event, f"{event.number}: {event.detail}")
             for stored, item in changes.price_changes:
@@ -243,22 +278,32 @@ def _removals(
     engine: Engine,
     report: ScopeReport,
     seen: _Listed,
-    seen_valid: set[str],
-    seen_any: set[str],
+    run: _RunSeen,
     accepted: set[str],
 ) -> None:
     """The close of a complete scope, as ``close_scope`` would decide it after the run's
-    pages: its available numbers are the stored ones that no scope saw elsewhere, the ones
-    its listing showed, and the removed ones its rejected items bring back."""
+    pages. Its available numbers: the stored ones no scope listed elsewhere, the ones its
+    listing showed, and the removed ones of this scope (by their stored country, area and
+    type) that some scope's rejected item brings back."""
     scope = report.scope
     with engine.connect() as conn:
         rows = conn.execute(
             select(numbers.c.number, numbers.c.missed_runs).where(scope_filter(scope))
         ).all()
+        back = 0
+        if run.rejected_only:
+            back = conn.execute(
+                select(func.count()).where(
+                    scope_filter(scope, in_stock=False),
+                    numbers.c.removed_at.is_not(None),
+                    numbers.c.number.in_(sorted(run.rejected_only)),
+                )
+            ).scalar_one()
+    seen_any = run.any
     available = (
-        sum(1 for r in rows if r.number not in seen_valid)  # moved elsewhere if seen there
+        sum(1 for r in rows if r.number not in run.valid)  # moved elsewhere if seen there
         + len(seen.valid)
-        + seen.relisted_rejected
+        + back
     )
     missed = [r.number for r in rows if r.number not in seen_any]
     due = [

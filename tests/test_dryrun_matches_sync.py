@@ -182,3 +182,103 @@ def test_a_database_behind_its_migrations_is_refused_as_the_sync_refuses_it(
     settings = Settings(countries=("NL",), database_url=empty_db_url)
     with pytest.raises(SchemaOutOfDate, match="numbers-etl db upgrade"):
         dry_run(settings, page_source=source_of({"NL": [pg("NL", T0, [item("+31205550000")])]}))
+
+
+def bad(number: str) -> Rejection:
+    return Rejection("monthlyPrice is missing", {"numberString": number}, number)
+
+
+def test_removed_number_rejected_then_valid_same_scope(engine: Engine) -> None:
+    """A removed number comes back as an invalid item on page 1, valid on page 2."""
+    settings = cfg(engine, max_removal_fraction=Decimal(1))
+    x, keep = "+31205550000", item("+31205550001")
+    real(engine, settings, {"NL": [pg("NL", T0, [item(x), keep])]})
+    real(engine, settings, {"NL": [pg("NL", T0 + HOUR, [keep])]})  # x removed
+    assert_dry_run_predicts(engine, settings, {
+        "NL": [
+            pg("NL", T0 + 2 * HOUR, [keep], [bad(x)], 0, "t1"),
+            pg("NL", T0 + 2 * HOUR, [item(x)], [], 1, None),
+        ],
+    })  # fmt: skip
+
+
+def test_guard_rejected_relisting_counted_in_the_wrong_scope(engine: Engine) -> None:
+    """A removed +3120 number comes back as a rejected item in the +3110 scope's listing
+    (outside its prefix). The sync relists it into +3120 (where its number belongs);
+    the dry run counts it as available in +3110. In +3120 that flips the guard."""
+    settings = cfg(engine, prefixes={"NL": ("+3120", "+3110")})
+    x = "+31205550000"
+    a, b, c = "+31205550001", "+31205550002", "+31205550003"
+    y = "+31105550000"
+    real(engine, settings, {
+        "NL +3120": [pg("NL +3120", T0, [item(n) for n in (x, a, b, c)])],
+        "NL +3110": [pg("NL +3110", T0, [item(y)])],
+    })  # fmt: skip
+    real(
+        engine,
+        settings,
+        {
+            "NL +3120": [pg("NL +3120", T0 + HOUR, [item(n) for n in (a, b, c)])],
+            "NL +3110": [pg("NL +3110", T0 + HOUR, [item(y)])],
+        },
+    )  # x removed (1 of 4 = 25%)
+    # now +3120 lists only a: b, c missed -> 2 of 3 (held) in the dry run's count,
+    # 2 of 4 (a, b, c, x relisted by +3110's rejection) = 50% (proceeds) in the sync
+    assert_dry_run_predicts(engine, settings, {
+        "NL +3120": [pg("NL +3120", T0 + 2 * HOUR, [item(a)])],
+        "NL +3110": [pg("NL +3110", T0 + 2 * HOUR, [item(y), item(x)])],
+    })  # fmt: skip
+
+
+def test_guard_types_rejected_relisting_of_another_type(engine: Engine) -> None:
+    """types = mobile. A removed number stored as 'local' ... only reachable when types
+    changed; instead: country scopes NL/BE, a removed BE number rejected in NL."""
+    settings = cfg(engine, countries=("NL", "BE"))
+    x = "+32205550000"
+    a, b, c = "+32205550001", "+32205550002", "+32205550003"
+    n1 = "+31205550001"
+    real(engine, settings, {
+        "BE": [pg("BE", T0, [item(n, "BE") for n in (x, a, b, c)])],
+        "NL": [pg("NL", T0, [item(n1)])],
+    })  # fmt: skip
+    real(
+        engine,
+        settings,
+        {
+            "BE": [pg("BE", T0 + HOUR, [item(n, "BE") for n in (a, b, c)])],
+            "NL": [pg("NL", T0 + HOUR, [item(n1)])],
+        },
+    )  # x removed
+    assert_dry_run_predicts(engine, settings, {
+        "BE": [pg("BE", T0 + 2 * HOUR, [item(a, "BE")])],
+        "NL": [pg("NL", T0 + 2 * HOUR, [item(n1)], [bad(x)])],
+    })  # fmt: skip
+
+
+def test_guard_flip_rejected_then_valid_same_scope(engine: Engine) -> None:
+    """Stored a,b,c,d (+ removed x). Listing: page 1 x rejected, page 2 x and a valid.
+    Sync: 3 of 5 available (60%) -> held. Dry run counts x twice: 3 of 6 (50%) -> removes."""
+    settings = cfg(engine)
+    x = "+31205550000"
+    abcd = [f"+3120555000{i}" for i in range(1, 5)]
+    real(engine, settings, {"NL": [pg("NL", T0, [item(n) for n in (x, *abcd)])]})
+    real(engine, settings, {"NL": [pg("NL", T0 + HOUR, [item(n) for n in abcd])]})  # x removed
+    assert_dry_run_predicts(engine, settings, {
+        "NL": [
+            pg("NL", T0 + 2 * HOUR, [], [bad(x)], 0, "t1"),
+            pg("NL", T0 + 2 * HOUR, [item(x), item(abcd[0])], [], 1, None),
+        ],
+    })  # fmt: skip
+
+
+def test_a_missing_database_file_is_refused_as_the_sync_refuses_it(tmp_path: Any) -> None:
+    """Only the default SQLite file is created by the sync; another missing one is not an
+    empty history but a database that `db upgrade` must create first."""
+    import pytest
+
+    from etl.errors import SchemaOutOfDate
+
+    settings = Settings(countries=("NL",), database_url=f"sqlite:///{tmp_path}/mine.sqlite")
+    with pytest.raises(SchemaOutOfDate, match="db upgrade"):
+        dry_run(settings, page_source=source_of({"NL": [pg("NL", T0, [item("+31205550000")])]}))
+    assert not (tmp_path / "mine.sqlite").exists()

@@ -70,6 +70,13 @@ def _weekdays(schedule: str, runs: int = 5) -> list[str]:
         ("0 0 * * */2", ["Sun", "Tue", "Thu", "Sat", "Sun"]),
         ("0 0 * * mon-fri", ["Mon", "Tue", "Wed", "Thu", "Fri"]),
         ("0 0 * * 1,3", ["Mon", "Wed", "Mon", "Wed", "Mon"]),
+        ("0 0 * * 7-7", ["Sun"] * 5),
+        ("0 0 * * sun-sun", ["Sun"] * 5),
+        ("0 0 * * 5-07", ["Sun", "Fri", "Sat", "Sun", "Fri"]),
+        ("0 0 * * 0-7", ["Sun", "Mon", "Tue", "Wed", "Thu"]),
+        ("0 0 * * 1-5/2", ["Mon", "Wed", "Fri", "Mon", "Wed"]),
+        # a day of month starting with '*' is ANDed with the day of week, in cron too
+        ("0 0 */2 * 1-5", ["Mon", "Wed", "Fri", "Tue", "Thu"]),  # odd days of January
     ],
 )
 def test_cron_days_of_the_week_are_counted_as_cron_counts_them(

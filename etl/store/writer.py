@@ -541,9 +541,11 @@ def _insert_rejections(conn: Connection, run_id: int, page: Page, at: datetime) 
 # --- closing a scope ------------------------------------------------------------------------
 
 
-def scope_filter(scope: Scope) -> ColumnElement[bool]:
-    """The numbers of a scope that are in stock."""
-    clauses = [numbers.c.country_code == scope.country_code, numbers.c.removed_at.is_(None)]
+def scope_filter(scope: Scope, *, in_stock: bool = True) -> ColumnElement[bool]:
+    """The numbers of a scope that are in stock (``in_stock`` False: in stock or not)."""
+    clauses = [numbers.c.country_code == scope.country_code]
+    if in_stock:
+        clauses.append(numbers.c.removed_at.is_(None))
     if scope.prefix:
         clauses.append(numbers.c.number.startswith(scope.prefix, autoescape=True))
     if scope.types:
