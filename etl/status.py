@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, and_, func, select
 
 from etl.config import parse_interval
 from etl.store.schema import sync_runs, sync_scopes
@@ -137,19 +137,8 @@ def read_status(
     complete listing and latest status."""
     status = Status(now=now, max_age=max_age)
     with engine.connect() as conn:
-        s = sync_scopes.c
-        finished = select(sync_runs.c.id).where(sync_runs.c.status != "running")
-        for key in scope_keys:
-            complete = conn.scalar(
-                select(func.max(s.finished_at)).where(s.scope_key == key, s.status == "complete")
-            )
-            latest = conn.scalar(
-                select(s.status)
-                .where(s.scope_key == key, s.run_id.in_(finished.scalar_subquery()))
-                .order_by(s.run_id.desc())
-                .limit(1)
-            )
-            status.configured[key] = (complete, latest)
+        if scope_keys:
+            status.configured = _configured(conn, scope_keys)
 
         def latest(*where: Any) -> dict[str, Any] | None:
             row = conn.execute(
@@ -170,3 +159,34 @@ def read_status(
                 )
             ]
     return status
+
+
+def _configured(
+    conn: Connection, scope_keys: Sequence[str]
+) -> dict[str, tuple[datetime | None, str | None]]:
+    """For each scope key: its last complete listing and its status in the last finished
+    run that had it; two statements, whatever the number of keys."""
+    s = sync_scopes.c
+    keys = list(scope_keys)
+    complete = dict(
+        conn.execute(
+            select(s.scope_key, func.max(s.finished_at))
+            .where(s.scope_key.in_(keys), s.status == "complete")
+            .group_by(s.scope_key)
+        ).all()
+    )
+    finished = select(sync_runs.c.id).where(sync_runs.c.status != "running")
+    last = (
+        select(s.scope_key, func.max(s.run_id).label("run_id"))
+        .where(s.scope_key.in_(keys), s.run_id.in_(finished.scalar_subquery()))
+        .group_by(s.scope_key)
+        .subquery()
+    )
+    latest = dict(
+        conn.execute(
+            select(s.scope_key, s.status).join(
+                last, and_(s.scope_key == last.c.scope_key, s.run_id == last.c.run_id)
+            )
+        ).all()
+    )
+    return {key: (complete.get(key), latest.get(key)) for key in keys}
