@@ -184,6 +184,26 @@ def test_run_that_lost_its_lock_closes_nothing(engine: Engine) -> None:
     DatabaseLock(engine, holder="other-host:1:x").release()
 
 
+def assert_a_host_clock_ahead_cannot_take_it(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With host-a:1:x holding the lock: another host whose clock runs an hour ahead is
+    refused (LockHeld), not handed a lock it thinks expired."""
+    from etl.store import lock as lock_module
+
+    class HostClockAhead(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> HostClockAhead:
+            return super().now(tz) + HOUR  # type: ignore[return-value]
+
+    monkeypatch.setattr(lock_module, "datetime", HostClockAhead)
+    try:
+        with pytest.raises(LockHeld, match="host-a:1:x"):
+            DatabaseLock(engine, ttl=300, holder="host-b:1:y").acquire()
+    finally:
+        monkeypatch.undo()
+
+
 def test_lock_expiry_follows_the_database_clock(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -196,15 +216,7 @@ def test_lock_expiry_follows_the_database_clock(
     holder = DatabaseLock(engine, ttl=300, holder="host-a:1:x")
     holder.acquire()
     try:
-
-        class HostClockAhead(datetime):
-            @classmethod
-            def now(cls, tz: Any = None) -> HostClockAhead:
-                return super().now(tz) + HOUR  # type: ignore[return-value]
-
-        monkeypatch.setattr(lock_module, "datetime", HostClockAhead)
-        with pytest.raises(LockHeld, match="host-a:1:x"):
-            DatabaseLock(engine, ttl=300, holder="host-b:1:y").acquire()
+        assert_a_host_clock_ahead_cannot_take_it(engine, monkeypatch)
         with engine.connect() as conn:
             assert abs(lock_module.database_now(conn) - datetime.now(UTC)) < timedelta(minutes=1)
     finally:
@@ -378,7 +390,6 @@ def test_a_mariadb_url_gets_the_mysql_session_and_the_database_clock(
         pytest.skip("MariaDB only")
     from sqlalchemy import text as sql
 
-    from etl.store import lock as lock_module
     from etl.store.engine import make_engine
 
     url = engine.url.set(drivername="mariadb+pymysql")
@@ -393,17 +404,8 @@ def test_a_mariadb_url_gets_the_mysql_session_and_the_database_clock(
         holder = DatabaseLock(maria, ttl=300, holder="host-a:1:x")
         holder.acquire()
         try:
-
-            class HostClockAhead(datetime):
-                @classmethod
-                def now(cls, tz: Any = None) -> HostClockAhead:
-                    return super().now(tz) + HOUR  # type: ignore[return-value]
-
-            monkeypatch.setattr(lock_module, "datetime", HostClockAhead)
-            with pytest.raises(LockHeld):
-                DatabaseLock(maria, ttl=300, holder="host-b:1:y").acquire()
+            assert_a_host_clock_ahead_cannot_take_it(maria, monkeypatch)
         finally:
-            monkeypatch.undo()
             holder.release()
     finally:
         maria.dispose()

@@ -107,27 +107,25 @@ class Model:
             self.numbers[item.number] = ModelNumber(at, at, item.price, item.stock_item_id)
             self.events["listed"] += 1
             return
-        known.last_seen = max(known.last_seen, at)
-        if known.removed_at is not None:
-            # relisted no earlier than the removal it ends, and last seen then
-            known.last_seen = max(known.last_seen, known.removed_at)
-            known.removed_at = None
-            self.events["relisted"] += 1
+        self._sighted(known, at)
         if known.price.value != item.price.value or known.price.currency != item.price.currency:
             known.price = item.price
             self.price_changes += 1
         if known.stock_item_id != item.stock_item_id:
             known.stock_item_id = item.stock_item_id
             self.events["changed"] += 1
-        known.missed, known.first_missed = 0, None
 
     def see_rejected(self, number: str, at: datetime) -> None:
         """An invalid item: its number counts as seen; nothing else of it changes."""
         known = self.numbers.get(number)
-        if known is None:
-            return
+        if known is not None:
+            self._sighted(known, at)
+
+    def _sighted(self, known: ModelNumber, at: datetime) -> None:
+        """A stored number seen again, valid or not."""
         known.last_seen = max(known.last_seen, at)
         if known.removed_at is not None:
+            # relisted no earlier than the removal it ends, and last seen then
             known.last_seen = max(known.last_seen, known.removed_at)
             known.removed_at = None
             self.events["relisted"] += 1
