@@ -366,7 +366,8 @@ class Sync:
         """Close a scope paged to its end: removals, snapshot, status; in one transaction
         with a refresh of the lock, so a run that lost its lock closes nothing."""
         result, scope = paged.result, paged.result.scope
-        if paged.completed_at is None:
+        completed_at = paged.completed_at
+        if completed_at is None:
             return result
 
         def close(conn: Connection) -> ScopeClose:
@@ -375,7 +376,7 @@ class Sync:
                 run_id=run_id,
                 scope_row_id=paged.row_id,
                 scope=scope,
-                completed_at=paged.completed_at or utcnow(),
+                completed_at=completed_at,
                 confirmations=self.settings.removal_confirmations,
                 max_fraction=self.settings.max_removal_fraction,
                 accepted=scope.country_code in self.accept,

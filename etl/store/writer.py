@@ -116,13 +116,10 @@ def _statements(dialect: Dialect) -> _PageStatements:
     """The page statements for ``dialect`` (the one of an engine: it knows the server's
     version, and with it whether UPDATE ... RETURNING exists: SQLite 3.35+, PostgreSQL)."""
     name = dialect.name
-    seen_at = bindparam("seen_at", type_=UTCDateTime())
     seen_run = bindparam("seen_run_id", type_=Integer())
     seen_values = {
         # last_seen_at never goes backwards, whatever the clock does
-        "last_seen_at": case(
-            (numbers.c.last_seen_at < seen_at, seen_at), else_=numbers.c.last_seen_at
-        ),
+        "last_seen_at": _seen_at_least("seen_at"),
         # nor does the run that saw it last: a run that lost its lock to a newer one (see
         # DatabaseLock.fence) must not make the newer run's sightings look like misses
         "last_seen_run_id": case(
