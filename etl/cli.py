@@ -7,11 +7,11 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, overload
 
 import click
 
@@ -78,6 +78,7 @@ CONFIG_FLAGS: list[tuple[str, str]] = [
     ("api_url", "Bird API base URL. [env NUMBERS_ETL_API_URL]"),
     ("organization_id", "Bird organization id. [env NUMBERS_ETL_ORGANIZATION_ID]"),
     ("countries", "Countries, comma-separated ISO codes. [env NUMBERS_ETL_COUNTRIES]"),
+    ("prefixes", "Area codes per country: US=+1212|+1646;NL=+3120. [env NUMBERS_ETL_PREFIXES]"),
     ("types", "Only these number types, comma-separated. [env NUMBERS_ETL_TYPES]"),
     ("page_size", "Items per page, 1..99. [env NUMBERS_ETL_PAGE_SIZE]"),
     ("max_requests_per_second", "Client-side rate limit. [env ..._MAX_REQUESTS_PER_SECOND]"),
@@ -90,8 +91,25 @@ CONFIG_FLAGS: list[tuple[str, str]] = [
 ]
 
 
-def config_options(func: F) -> F:
-    """Add --config and the configuration flags; pass the validated Settings as `settings`."""
+# What a command needs of the configuration, from its own arguments: the keys it requires,
+# and the problems of its own options (reported with the configuration's, all at once).
+Requires = Callable[[Mapping[str, Any]], Sequence[str]]
+Checks = Callable[[Mapping[str, Any]], list[str]]
+
+
+@overload
+def config_options(func: F) -> F: ...
+@overload
+def config_options(
+    *, requires: Requires | None = None, checks: Checks | None = None
+) -> Callable[[F], F]: ...
+def config_options(
+    func: F | None = None, *, requires: Requires | None = None, checks: Checks | None = None
+) -> F | Callable[[F], F]:
+    """Add --config and the configuration flags; pass the validated Settings as `settings`.
+    ``requires`` and ``checks`` see the command's other arguments."""
+    if func is None:
+        return functools.partial(config_options, requires=requires, checks=checks)
 
     @functools.wraps(func)
     def wrapper(*args: Any, config: str | None, **kwargs: Any) -> Any:
@@ -99,7 +117,17 @@ def config_options(func: F) -> F:
         if config is None:  # `numbers-etl --config PATH COMMAND`: the command's own wins
             root = click.get_current_context().find_root()
             config = (root.obj or {}).get("config")
-        settings = load_settings(flags, config_path=config)
+        own = checks(kwargs) if checks is not None else []
+        try:
+            settings = load_settings(
+                flags,
+                config_path=config,
+                required=requires(kwargs) if requires is not None else (),
+            )
+        except ConfigError as exc:
+            raise ConfigError([*exc.problems, *own]) from None
+        if own:
+            raise ConfigError(own)
         if settings.access_key is not None:
             register_secret(settings.access_key.reveal())
         for secret in url_secrets(settings.database_url):
@@ -188,12 +216,23 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
 
 def _country_list(values: tuple[str, ...]) -> list[str]:
-    if not values:
-        return []
-    try:
-        return list(PARSERS["countries"](",".join(values)))
-    except ValueError as exc:
-        raise ConfigError([f"--country {','.join(values)}: {exc}"]) from None
+    """The codes of --country (or --accept-removals), checked by ``_sync_checks`` first."""
+    return list(PARSERS["countries"](",".join(values))) if values else []
+
+
+def _sync_requires(options: Mapping[str, Any]) -> Sequence[str]:
+    return ("access_key", "organization_id", *(() if options["only"] else ("countries",)))
+
+
+def _sync_checks(options: Mapping[str, Any]) -> list[str]:
+    problems = []
+    for flag, name in (("--country", "only"), ("--accept-removals", "accept")):
+        values = options[name]
+        try:
+            _country_list(values)
+        except ValueError as exc:
+            problems.append(f"{flag} {','.join(values)}: {exc}")
+    return problems
 
 
 def _report(result: RunResult) -> None:
@@ -226,7 +265,7 @@ def _report(result: RunResult) -> None:
     help="Let a held country's removals through, once (repeatable).",
 )
 @metrics_file_option
-@config_options
+@config_options(requires=_sync_requires, checks=_sync_checks)
 @click.pass_context
 def sync(
     ctx: click.Context,
@@ -244,7 +283,6 @@ def sync(
 
     chosen = _country_list(only)
     accepted = _country_list(accept)
-    settings.require("access_key", "organization_id", *(() if chosen else ("countries",)))
     if dry_run:
         from etl.dryrun import dry_run as run_dry
 
@@ -289,7 +327,7 @@ def sync(
     help="Address the metrics port listens on (0.0.0.0: every interface).",
 )
 @metrics_file_option
-@config_options
+@config_options(requires=lambda _options: ("access_key", "organization_id", "countries"))
 def schedule(
     settings: Settings,
     run_now: bool,
@@ -304,7 +342,6 @@ def schedule(
     from etl.metrics import Metrics
     from etl.scheduler import SyncScheduler
 
-    settings.require("access_key", "organization_id", "countries")
     metrics = Metrics() if metrics_port is not None or metrics_file is not None else None
     try:
         if metrics is not None and metrics_port is not None:

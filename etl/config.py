@@ -7,7 +7,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -77,18 +77,7 @@ class Settings:
         """Raise ConfigError naming every key in ``keys`` that has no value."""
         missing = [k for k in keys if getattr(self, k) in (None, (), "")]
         if missing:
-            raise ConfigError(
-                [
-                    f"{k} is required: set it in the config file or with {ENV_PREFIX}{k.upper()}"
-                    + (
-                        f" or {ACCESS_KEY_FILE_ENV} (there is no flag for it: a command line"
-                        " is visible to every user of the host)"
-                        if k == "access_key"
-                        else f" or with --{k.replace('_', '-')}"
-                    )
-                    for k in missing
-                ]
-            )
+            raise ConfigError([required_problem(k) for k in missing])
 
     @property
     def uses_default_database(self) -> bool:
@@ -111,6 +100,16 @@ class Settings:
                 value = str(value)
             out[key] = value
         return out
+
+
+def required_problem(key: str) -> str:
+    """The message for a required ``key`` that has no value."""
+    return f"{key} is required: set it in the config file or with {ENV_PREFIX}{key.upper()}" + (
+        f" or {ACCESS_KEY_FILE_ENV} (there is no flag for it: a command line"
+        " is visible to every user of the host)"
+        if key == "access_key"
+        else f" or with --{key.replace('_', '-')}"
+    )
 
 
 # Connection options in a URL's query string whose values are secrets: libpq's `password`
@@ -403,6 +402,29 @@ def _parse_prefixes(value: Any) -> dict[str, tuple[str, ...]]:
     return out
 
 
+def _foreign_prefixes(country: str, prefixes: Sequence[str]) -> str | None:
+    """The problem with the ``prefixes`` of ``country`` that no number of it can start with
+    (outside its country calling code, e.g. NL = ["+1212"]), or None. Such a scope would
+    always be empty: complete, and never a sign of anything wrong."""
+    import phonenumbers
+
+    calling_code = str(phonenumbers.country_code_for_region(country))
+    if calling_code == "0":  # a region without a calling code of its own: nothing to check
+        return None
+    foreign = [
+        p
+        for p in prefixes
+        if not (p[1:].startswith(calling_code) or calling_code.startswith(p[1:]))
+    ]
+    if not foreign:
+        return None
+    return (
+        f"prefixes {country}: {', '.join(repr(p) for p in foreign)} cannot hold {country} "
+        f"numbers, which start with +{calling_code}; give {country}'s area codes in "
+        f"international form, e.g. '+{calling_code}...'"
+    )
+
+
 def _parse_types(value: Any) -> tuple[str, ...]:
     types = [t.lower() for t in _as_list(value)]
     bad = [t for t in types if t not in NUMBER_TYPES]
@@ -589,11 +611,14 @@ def load_settings(
     flags: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
     config_path: str | Path | None = None,
+    *,
+    required: Sequence[str] = (),
 ) -> Settings:
     """Build Settings from flags > environment > TOML file > defaults.
 
     ``flags`` holds only the options given on the command line (None values are ignored).
-    Raises ConfigError listing every invalid key and value."""
+    Raises ConfigError listing every invalid key and value, and every key of ``required``
+    that has no value."""
     env = os.environ if env is None else env
     flags = {k: v for k, v in (flags or {}).items() if v is not None and v != ()}
     problems: list[str] = []
@@ -625,8 +650,9 @@ def load_settings(
     layers.append(("env", env_values))
     layers.append(("flag", dict(flags)))
 
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = dict.fromkeys(KEYS, "default")
+    # Each key's value from the highest layer that has it; only that one is checked (a bad
+    # value in a shared file, overridden by this host's environment, is never used).
+    chosen: dict[str, tuple[str, Any]] = {}
     for origin, layer in layers:
         for key, raw in layer.items():
             if origin == "env":
@@ -637,19 +663,37 @@ def load_settings(
                 where = f"flag --{key.replace('_', '-')}"
             else:
                 where = origin
-            try:
-                values[key] = PARSERS[key](raw)
-            except ValueError as exc:
-                problems.append(f"{key} = {_describe(key, raw)} ({where}): {exc}")
-                values.pop(key, None)
-            sources[key] = where
+            chosen[key] = (where, raw)
 
-    for country in values.get("prefixes", {}):
-        if country not in values.get("countries", ()):
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = dict.fromkeys(KEYS, "default")
+    for key, (where, raw) in chosen.items():
+        try:
+            values[key] = PARSERS[key](raw)
+        except ValueError as exc:
+            problems.append(f"{key} = {_describe(key, raw)} ({where}): {exc}")
+        sources[key] = where
+
+    countries = values.get("countries", ())
+    for country, prefixes in values.get("prefixes", {}).items():
+        # (countries given but invalid is named above)
+        if country not in countries and ("countries" in values or "countries" not in chosen):
             problems.append(
                 f"prefixes names {country}, which is not in countries; add it to countries "
                 "or remove its prefixes"
             )
+        foreign = _foreign_prefixes(country, prefixes)
+        if foreign:
+            problems.append(foreign)
+    for key in required:
+        if key in values:
+            value = values[key]
+        elif key in chosen:
+            continue  # given, but invalid: named above
+        else:
+            value = getattr(Settings, key, None)
+        if value in (None, (), ""):
+            problems.append(required_problem(key))
     if problems:
         raise ConfigError(problems)
     return Settings(**values, sources=sources)

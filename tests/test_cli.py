@@ -91,6 +91,40 @@ def test_bad_configuration_exits_2_naming_every_problem(simulator: Simulator, db
     assert result.stdout == ""
 
 
+def test_missing_keys_and_bad_options_are_named_with_the_bad_values(
+    simulator: Simulator, db_url: str
+) -> None:
+    env = sim_env(simulator, db_url, page_size=500)
+    del env["NUMBERS_ETL_ACCESS_KEY"], env["NUMBERS_ETL_ORGANIZATION_ID"]
+    result = invoke(env, "sync", "--country", "XX", "--accept-removals", "YY")
+    assert result.exit_code == 2
+    for problem in (
+        "page_size = '500'",
+        "access_key is required",
+        "organization_id is required",
+        "--country XX: XX is not ISO 3166-1 alpha-2",
+        "--accept-removals YY: YY is not ISO 3166-1 alpha-2",
+    ):
+        assert problem in result.stderr
+    assert "countries is required" not in result.stderr  # --country names them
+    del env["NUMBERS_ETL_COUNTRIES"]
+    assert "countries is required" in invoke(env, "sync").stderr
+    scheduled = invoke(env, "schedule")
+    assert scheduled.exit_code == 2
+    assert "page_size = '500'" in scheduled.stderr
+    assert "countries is required" in scheduled.stderr
+
+
+def test_prefixes_have_a_flag(simulator: Simulator, db_url: str) -> None:
+    env = sim_env(simulator, db_url, countries="US,NL")
+    shown = invoke(env, "config", "show", "--prefixes", "US=+1212|+1646")
+    assert shown.exit_code == 0, shown.output
+    assert 'US = ["+1212", "+1646"]' in shown.stdout
+    refused = invoke(env, "config", "show", "--prefixes", "NL=+1212")
+    assert refused.exit_code == 2
+    assert "prefixes NL: '+1212' cannot hold NL numbers" in refused.stderr
+
+
 def test_a_flag_overrides_the_environment(simulator: Simulator, db_url: str) -> None:
     env = sim_env(simulator, db_url, page_size=20)
     shown = invoke(env, "config", "show", "--page-size", "50")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from pathlib import Path
 
@@ -182,6 +183,57 @@ def test_bad_prefixes(prefixes: str, message: str) -> None:
     env = {"NUMBERS_ETL_COUNTRIES": "US", "NUMBERS_ETL_PREFIXES": prefixes}
     with pytest.raises(ConfigError, match=message):
         load_settings(env=env)
+
+
+@pytest.mark.parametrize(
+    ("prefixes", "shown"),
+    [
+        ("NL=+1212", "'+1212' cannot hold NL numbers, which start with +31"),
+        ("NL=+3120|+4420", "'+4420' cannot hold NL numbers"),
+        ("US=+44", "'+44' cannot hold US numbers, which start with +1"),
+    ],
+)
+def test_a_prefix_outside_its_countrys_calling_code_is_refused(prefixes: str, shown: str) -> None:
+    # such a scope would always be empty: complete, with nothing to say that it is wrong
+    env = {"NUMBERS_ETL_COUNTRIES": "NL,US", "NUMBERS_ETL_PREFIXES": prefixes}
+    with pytest.raises(ConfigError, match=re.escape(shown)):
+        load_settings(env=env)
+
+
+def test_prefixes_inside_the_calling_code_are_accepted() -> None:
+    env = {
+        "NUMBERS_ETL_COUNTRIES": "NL,US,CA,GB",
+        # +1 is shared by the US and Canada; +4 is shorter than GB's +44, and holds all of it
+        "NUMBERS_ETL_PREFIXES": "NL=+3120|+3110;US=+1212;CA=+1416;GB=+4",
+    }
+    assert load_settings(env=env).prefixes["CA"] == ("+1416",)
+
+
+def test_an_invalid_value_overridden_by_a_higher_layer_is_never_checked(tmp_path: Path) -> None:
+    # a bad value in a shared file, fixed for this host by its environment or a flag
+    path = write(tmp_path, 'page_size = 500\ncountries = "XX"\n')
+    settings = load_settings(
+        flags={"countries": "US"}, env={"NUMBERS_ETL_PAGE_SIZE": "50"}, config_path=path
+    )
+    assert (settings.page_size, settings.countries) == (50, ("US",))
+    assert settings.sources["page_size"] == "env NUMBERS_ETL_PAGE_SIZE"
+    # the value that wins is still checked
+    with pytest.raises(ConfigError, match="page_size = '500'"):
+        load_settings(env={"NUMBERS_ETL_PAGE_SIZE": "500"}, config_path=write(tmp_path, ""))
+
+
+def test_missing_required_keys_are_reported_with_the_invalid_values() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            env={"NUMBERS_ETL_PAGE_SIZE": "500", "NUMBERS_ETL_COUNTRIES": "XX"},
+            required=("access_key", "organization_id", "countries"),
+        )
+    problems = caught.value.problems
+    assert len(problems) == 4, problems
+    assert problems[0].startswith("countries = 'XX'")  # invalid: not also "is required"
+    assert problems[1].startswith("page_size = '500'")
+    assert problems[2].startswith("access_key is required")
+    assert problems[3].startswith("organization_id is required")
 
 
 def test_unknown_keys_in_file_are_named(tmp_path: Path) -> None:
