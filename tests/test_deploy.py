@@ -225,3 +225,21 @@ def test_readme_lets_the_cron_user_read_its_key_and_config() -> None:
     assert f"sudo chgrp numbers-etl {key}" in commands
     assert f"sudo chmod 0640 {key}" in commands
     assert "sudo crontab -u numbers-etl deploy/crontab" in commands
+
+
+def test_readme_migrates_the_database_the_units_and_cron_use() -> None:
+    # `db upgrade` must read the settings the sync will read, or it migrates a default SQLite
+    # file in the working directory while the configured database stays empty
+    upgrades = [w for w in readme_setup_commands() if w[-3:] == [BINARY, "db", "upgrade"]]
+    assert len(upgrades) == 2, upgrades
+    systemd, cron = upgrades
+    for unit in UNITS:
+        (env_file,) = directive(DEPLOY / unit, "EnvironmentFile")
+        assert f"--property=EnvironmentFile={env_file}" in systemd
+        (working_directory,) = directive(DEPLOY / unit, "WorkingDirectory")
+        assert f"--working-directory={working_directory}" in systemd
+    assert systemd[:2] == ["sudo", "systemd-run"]
+    assert "--uid=numbers-etl" in systemd
+    assignments = dict(re.findall(r"\b(NUMBERS_ETL_\w+)=(\S+)", crontab_command()))
+    assert f"{CONFIG_ENV}={assignments[CONFIG_ENV]}" in cron
+    assert cron[:3] == ["sudo", "-u", "numbers-etl"]
