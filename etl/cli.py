@@ -485,11 +485,23 @@ def db_current(settings: Settings) -> None:
 def runs(settings: Settings, limit: int) -> None:
     """List recent runs with their counts."""
     from etl.store import migrate
+    from etl.store.engine import sqlite_path
     from etl.store.runs import recent_runs
 
-    with _engine(settings) as engine:
-        migrate.check_schema(engine)
-        rows = recent_runs(engine, limit)
+    rows: list[dict[str, Any]] = []
+    path = sqlite_path(settings.database_url)
+    if path is not None and not path.exists():  # not created by a read
+        if not settings.uses_default_database:
+            raise SchemaOutOfDate(
+                f"there is no database at {path}; check database_url, or create it with "
+                "`numbers-etl db upgrade`"
+            )
+    else:
+        with _engine(settings) as engine:
+            # a default file created empty (by the scheduler's metrics, say): no sync yet
+            if not settings.uses_default_database or migrate.current_revision(engine):
+                migrate.check_schema(engine)
+                rows = recent_runs(engine, limit)
     if not rows:
         click.echo("no runs yet: run `numbers-etl sync`")
         return

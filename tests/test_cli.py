@@ -291,6 +291,22 @@ def test_db_upgrade_current_and_runs(
     assert row.split()[3] == "succeeded"
 
 
+def test_runs_before_the_first_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the default file is created by the first sync: until then there are no runs (exit 0),
+    # and reading leaves no empty file behind
+    monkeypatch.chdir(tmp_path)
+    result = invoke({}, "runs")
+    assert (result.exit_code, result.stdout) == (0, "no runs yet: run `numbers-etl sync`\n")
+    assert not (tmp_path / "numbers_stock.sqlite").exists()
+    (tmp_path / "numbers_stock.sqlite").touch()  # created empty, by the scheduler's metrics
+    assert invoke({}, "runs").stdout == "no runs yet: run `numbers-etl sync`\n"
+    # another file must exist: a typo in database_url is not "no runs"
+    other = invoke({"NUMBERS_ETL_DATABASE_URL": f"sqlite:///{tmp_path / 'typo.sqlite'}"}, "runs")
+    assert other.exit_code == 2
+    assert "there is no database at " in other.stderr
+    assert not (tmp_path / "typo.sqlite").exists()
+
+
 def test_python_m_etl_is_the_same_command(tmp_path: Path) -> None:
     result = run_etl(["--version"], {}, tmp_path)
     assert result.returncode == 0
