@@ -40,7 +40,24 @@ def test_demo_in_a_fresh_directory(tmp_path: Path) -> None:
     assert re.search(r"^  listed: \+\d+ \((local|national|mobile|toll-free), ", out, re.MULTILINE)
     assert re.search(r"^  removed: \+\d+", out, re.MULTILINE)
     assert re.search(r"^  price changes: \+\d+: \d+\.\d+ \w{3} -> \d+\.\d+ \w{3}", out, re.M)
-    assert re.search(r"^\(the simulated stock changed: \d+ prices, \d+ numbers sold, ", out, re.M)
+    # each announced change is what the next run finds (a number repriced and sold in one
+    # step was announced as a price change no run could see)
+    announced = re.findall(
+        r"^\(the simulated stock changed: (\d+) prices, (\d+) numbers sold, (\d+) new, "
+        r"(\d+) back on offer\)$",
+        out,
+        re.M,
+    )
+    found = re.findall(
+        r"^run [23] .*; listed (\d+), removed (\d+), relisted (\d+), .*, price changes (\d+),",
+        out,
+        re.M,
+    )
+    assert len(announced) == len(found) == 2
+    for (prices, sold, new, back), (listed, removed, relisted, changes) in zip(
+        announced, found, strict=True
+    ):
+        assert (changes, removed, listed, relisted) == (prices, sold, new, back)
     assert (tmp_path / "numbers_stock.sqlite").exists()
     commands = suggested_commands(out)
     assert len(commands) == len(QUERIES) == 3

@@ -168,6 +168,19 @@ def test_evolve_is_deterministic_and_changes_the_stock() -> None:
     assert all(back[n]["countryCode"] == before[n]["countryCode"] for n in gone)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_evolve_reports_what_a_sync_can_see(seed: int) -> None:
+    # a number repriced and sold in one step was counted as a price change no sync can see
+    # (the demo announced 18 changes and its sync found 17)
+    stock = SyntheticStock(seed=seed, countries=("US", "NL"), size=200)
+    before = {i["numberString"]: i["monthlyPrice"] for i in stock.items()}
+    counts = stock.evolve(price_change_rate=0.4, removal_rate=0.4, arrival_rate=0, relist_rate=0)
+    after = {i["numberString"]: i["monthlyPrice"] for i in stock.items()}
+    repriced = [n for n in set(before) & set(after) if before[n] != after[n]]
+    assert (len(repriced), len(set(before) - set(after))) == (80, 80)
+    assert (counts["price_changes"], counts["removed"]) == (80, 80)
+
+
 def test_a_large_stock_builds() -> None:
     stock = SyntheticStock(seed=5, countries=("US", "GB"), size=100_000)
     assert len(stock.numbers("US")) == 50_000

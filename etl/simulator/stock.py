@@ -455,7 +455,11 @@ class SyntheticStock:
                     self._rows[number] = row
                 self._bytes.pop(number, None)
 
-            sold = rng.sample(population, share(removal_rate, total))
+            # a number whose price just changed stays in stock this step, so that every
+            # change this step reports is one a sync can see
+            repriced = set(changed)
+            for_sale = [n for n in population if n not in repriced] if repriced else population
+            sold = rng.sample(for_sale, min(len(for_sale), share(removal_rate, total)))
             stale: set[str] = set()
             for number in sold:
                 row = self._rows.pop(number)
