@@ -20,7 +20,7 @@ from etl.config import Secret, Settings, redact_url
 from etl.errors import ConfigError, DatabaseError
 from etl.report import summary_line
 from etl.store.engine import make_engine, sqlite_path
-from etl.store.migrate import check_schema
+from etl.store.migrate import check_schema, current_revision, downgrade
 from etl.store.schema import number_events, numbers, price_changes, sync_runs
 from etl.sync import RunResult, Sync
 
@@ -32,6 +32,10 @@ EXAMPLES = 3
 # PRAGMA application_id of a SQLite file the demo wrote ("nEdm"): such a file is the demo's
 # own and is started afresh; any other file with runs in it is left alone.
 DEMO_APPLICATION_ID = 0x6E45646D
+# The same mark in a server database (PostgreSQL, MySQL): a table of this name, which the
+# demo creates next to the history it writes. Such a database is emptied (every numbers-etl
+# table and view dropped) and written afresh; any other database with runs is left alone.
+DEMO_MARK_TABLE = "numbers_etl_demo"
 
 QUERIES = (
     (
@@ -76,9 +80,17 @@ def prepare(database_url: str) -> None:
     engine = make_engine(database_url)
     try:
         with engine.connect() as conn:
-            has_runs = "sync_runs" in inspect(conn).get_table_names() and conn.scalar(
+            tables = inspect(conn).get_table_names()
+            has_runs = "sync_runs" in tables and conn.scalar(
                 select(func.count()).select_from(sync_runs)
             )
+        if path is None and DEMO_MARK_TABLE in tables:  # the demo's own: afresh
+            if current_revision(engine) is not None:
+                downgrade(engine, "base")
+            with engine.begin() as conn:
+                conn.execute(text("DROP TABLE IF EXISTS alembic_version"))  # left empty
+                conn.execute(text(f"DROP TABLE {DEMO_MARK_TABLE}"))
+            return
     finally:
         engine.dispose()
     if has_runs:
@@ -200,9 +212,15 @@ def run_demo(
     try:
         with _database_errors(database_url):
             check_schema(engine, create_if_new=True)
-        if sqlite_path(database_url) is not None:
-            with engine.begin() as conn:
+        with engine.begin() as conn:
+            if sqlite_path(database_url) is not None:
                 conn.execute(text(f"PRAGMA application_id = {DEMO_APPLICATION_ID}"))
+            else:
+                conn.execute(text(f"CREATE TABLE {DEMO_MARK_TABLE} (note VARCHAR(200))"))
+                conn.execute(
+                    text(f"INSERT INTO {DEMO_MARK_TABLE} (note) VALUES (:note)"),
+                    {"note": "numbers-etl demo wrote this history; the next demo starts afresh"},
+                )
         access_key = secrets.token_urlsafe(24)
         with Simulator(stock, access_key=access_key, organization_id=ORGANIZATION_ID) as sim:
             settings = Settings(

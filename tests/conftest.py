@@ -108,6 +108,7 @@ def wipe(engine: Engine) -> None:
                 conn.execute(text(f"DROP VIEW {view}"))
         metadata.drop_all(conn)
         conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+        conn.execute(text("DROP TABLE IF EXISTS numbers_etl_demo"))  # the demo's mark
 
 
 def database_url(name: str, tmp_path: Path) -> str:

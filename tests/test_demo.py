@@ -15,6 +15,7 @@ from sqlalchemy import Engine, func, select
 
 from etl.demo import DEMO_APPLICATION_ID, QUERIES, query_commands
 from etl.simulator import Simulator
+from etl.store.engine import make_engine
 from etl.store.schema import price_changes, sync_runs
 from etl.sync import Sync
 from tests.conftest import make_settings
@@ -112,16 +113,35 @@ def sqlite_url_with_a_run(simulator: Simulator, sqlite_url: str) -> str:
 
 
 def test_demo_into_each_database(db_url: str, engine: Engine) -> None:
-    result = invoke({}, "demo", "--database-url", db_url)
-    assert result.exit_code == 0, result.output
-    with engine.connect() as conn:
-        statuses = list(conn.scalars(select(sync_runs.c.status).order_by(sync_runs.c.id)))
-        changes = conn.scalar(select(func.count()).select_from(price_changes))
-    assert statuses == ["succeeded"] * 3
-    assert changes
+    for runs in (3, 2):  # the second demo starts its own database afresh
+        result = invoke({}, "demo", "--database-url", db_url, "--runs", str(runs))
+        assert result.exit_code == 0, result.output
+        fresh = make_engine(db_url)  # a SQLite file is made anew: not the pool's old one
+        try:
+            with fresh.connect() as conn:
+                statuses = list(conn.scalars(select(sync_runs.c.status).order_by(sync_runs.c.id)))
+                changes = conn.scalar(select(func.count()).select_from(price_changes))
+        finally:
+            fresh.dispose()
+        assert statuses == ["succeeded"] * runs
+        assert changes
+    assert result.stdout.splitlines()[1].startswith("run 1 succeeded")
     if engine.dialect.name != "sqlite":  # the queries are shown as plain SQL to paste
         assert "  1. what is in stock now" in result.stdout
         assert "SELECT country_code, number_type" in result.stdout
+
+
+def test_demo_refuses_a_server_history_it_did_not_write(
+    simulator: Simulator, db_url: str, engine: Engine
+) -> None:
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite: test_demo_refuses_a_history_it_did_not_write")
+    Sync(make_settings(simulator, db_url)).run()
+    result = invoke({}, "demo", "--database-url", db_url)
+    assert result.exit_code == 2
+    assert "already holds 1 sync run(s) that the demo did not write" in result.stderr
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(sync_runs)) == 1
 
 
 def test_query_commands_without_the_sqlite3_program(
