@@ -302,7 +302,75 @@ def _parse_database_url(value: Any) -> str:
             "does not know; check the spelling or remove "
             f"{'them' if len(unknown) > 1 else 'it'} from the query string"
         )
+    bad = _bad_option_values(url)
+    if bad:
+        raise ValueError("; ".join(bad))
     return url_text
+
+
+# libpq's connection options that take one of a few words, or a whole number (libpq checks
+# them only when it connects, where a typo would read as a database that is down).
+_LIBPQ_CHOICES = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "target_session_attrs": (
+        "any",
+        "read-write",
+        "read-only",
+        "primary",
+        "standby",
+        "prefer-standby",
+    ),
+    "load_balance_hosts": ("disable", "random"),
+    "sslcertmode": ("disable", "allow", "require"),
+    "sslnegotiation": ("postgres", "direct"),
+}
+_LIBPQ_NUMBERS = (
+    "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+)
+# Options that name a file the driver opens when it connects: a file that is not there is a
+# mistake in the URL (PyMySQL would fail with a traceback). libpq's "system" is its own.
+_FILE_OPTIONS = {
+    "psycopg": ("sslrootcert", "sslcert", "sslkey", "sslcrl"),
+    "pymysql": ("ssl_ca", "ssl_cert", "ssl_key", "read_default_file"),
+}
+
+
+def _bad_option_values(url: URL) -> list[str]:
+    """What is wrong with the values of ``url``'s connection options that its driver would
+    only find when it connects."""
+    driver = url.get_driver_name()
+    problems = []
+    for option, value in sorted(url.query.items()):
+        values = (value,) if isinstance(value, str) else tuple(value)
+        for one in values:
+            if driver == "psycopg" and option in _LIBPQ_CHOICES:
+                choices = _LIBPQ_CHOICES[option]
+                if one not in choices:
+                    problems.append(
+                        f"has {option}={one!r}, which libpq does not know; use one of "
+                        f"{', '.join(choices)}"
+                    )
+            elif driver == "psycopg" and option in _LIBPQ_NUMBERS:
+                if not re.fullmatch(r"\s*-?[0-9]+\s*", one):
+                    problems.append(f"has {option}={one!r}, which is not a whole number")
+            elif (
+                option in _FILE_OPTIONS.get(driver or "", ())
+                and not (driver == "psycopg" and one == "system")
+                and not Path(one).expanduser().is_file()
+            ):
+                problems.append(
+                    f"has {option}={one!r}, a file that does not exist (or is not a file); "
+                    "give the path of the file, as the database server's administrator "
+                    "provides it"
+                )
+    return problems
 
 
 def _unknown_connect_options(url: URL, dialect_cls: Any) -> list[str]:

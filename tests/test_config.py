@@ -269,7 +269,7 @@ SECRET = "s3cretpw"
         f"postgresql+psycopg://u:other-pw@h/db?password={SECRET}&password=two",
         f"mysql+pymysql://root@127.0.0.1/test?password={SECRET}",
         f"mysql+pymysql://root@127.0.0.1/test?passwd={SECRET}&charset=utf8mb4",
-        f"mysql+pymysql://root@127.0.0.1/test?ssl_key=/k.pem&ssl_key_password={SECRET}",
+        f"mysql+pymysql://root@127.0.0.1/test?ssl_key={Path(__file__)}&ssl_key_password={SECRET}",
     ],
 )
 def test_passwords_in_the_query_string_are_hidden(url: str) -> None:
@@ -361,12 +361,41 @@ def test_unknown_connection_option_is_a_config_error(url: str, message: str) -> 
 
 
 @pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        # libpq checks these only when it connects: the run failed as if the database were
+        # down (exit 1); PyMySQL failed with a FileNotFoundError traceback
+        ("postgresql+psycopg:?sslmode=bogus", "sslmode='bogus', which libpq does not know; use"),
+        ("postgresql+psycopg:?target_session_attrs=rw", "target_session_attrs='rw'"),
+        ("postgresql+psycopg:?connect_timeout=abc", "connect_timeout='abc', which is not a whole"),
+        ("postgresql+psycopg:?keepalives_idle=1m", "keepalives_idle='1m'"),
+        ("postgresql+psycopg:?sslrootcert=/nonexistent/ca.pem", "a file that does not exist"),
+        ("mysql+pymysql:?ssl_ca=/nonexistent/ca.pem", "ssl_ca='/nonexistent/ca.pem', a file"),
+        ("mysql+pymysql:?ssl_cert=/nonexistent/c.pem", "ssl_cert='/nonexistent/c.pem', a file"),
+    ],
+)
+def test_a_connection_option_value_the_driver_would_refuse_is_a_config_error(
+    query: str, message: str
+) -> None:
+    scheme, options = query.split(":")
+    url = f"{scheme}://root:{SECRET}@127.0.0.1/test{options}"
+    with pytest.raises(ConfigError, match=re.escape(message)) as caught:
+        load_settings(env={"NUMBERS_ETL_DATABASE_URL": url})
+    assert SECRET not in str(caught.value)
+
+
+def test_libpq_reads_its_system_root_certificates() -> None:
+    url = "postgresql+psycopg://root@127.0.0.1/test?sslmode=verify-full&sslrootcert=system"
+    assert load_settings(env={"NUMBERS_ETL_DATABASE_URL": url}).database_url == url
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "postgresql+psycopg://root@127.0.0.1/test?sslmode=prefer&connect_timeout=5"
         "&application_name=etl&password=x&options=-c%20statement_timeout%3D0",
         "mysql+pymysql://root@127.0.0.1/test?charset=utf8mb4&connect_timeout=5&passwd=x"
-        "&ssl_ca=/ca.pem&ssl_check_hostname=false",
+        f"&ssl_ca={Path(__file__)}&ssl_check_hostname=false",
         "sqlite:///numbers_stock.sqlite?timeout=30",
         # several hosts, as SQLAlchemy documents them for libpq
         "postgresql+psycopg://root@/test?host=127.0.0.1,127.0.0.1&port=5432,5432",
