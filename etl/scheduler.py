@@ -63,7 +63,10 @@ class SyncScheduler:
         self._idle = threading.Event()
         self._idle.set()
         self._started = threading.Event()
-        self._engine: Engine | None = None
+        self._engine: Engine | None = None  # the metrics'
+        # One engine for every run, its connections closed after each: an engine per run
+        # left a dialect behind in caches keyed by it (SQLAlchemy's own keeps 128).
+        self._sync_engine: Engine | None = None
 
     # --- one run -------------------------------------------------------------------------
 
@@ -89,7 +92,14 @@ class SyncScheduler:
 
     def _sync(self, stop: threading.Event) -> tuple[RunResult | None, str]:
         try:
-            result = Sync(self.settings, stop=stop).run()
+            if self._sync_engine is None:
+                self._sync_engine = make_engine(
+                    self.settings.database_url, pool_size=self.settings.concurrency
+                )
+            try:
+                result = Sync(self.settings, stop=stop, engine=self._sync_engine).run()
+            finally:
+                self._sync_engine.dispose()  # no connection kept open between runs
         except LockHeld as exc:
             log.warning("skipped: another sync holds the lock (%s)", exc)
             return None, "skipped"
@@ -164,8 +174,9 @@ class SyncScheduler:
             watcher.join()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            if self._engine is not None:
-                self._engine.dispose()
+            for engine in (self._engine, self._sync_engine):
+                if engine is not None:
+                    engine.dispose()
         log.info("scheduler stopped")
 
     def close(self, reason: str | None = None) -> None:

@@ -248,7 +248,11 @@ class Sync:
         def begin(conn: Connection) -> tuple[int, list[int]]:
             abandoned = runs.mark_abandoned(conn, started)
             if abandoned:
-                log.warning("marked run(s) %s abandoned (their process died)", abandoned)
+                log.warning(
+                    "marked run(s) %s abandoned (never finished: their process died or lost "
+                    "the database)",
+                    abandoned,
+                )
             return runs.start_run(conn, started, self.scopes)
 
         run_id, scope_ids = in_transaction(self.engine, begin)

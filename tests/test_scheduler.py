@@ -4,6 +4,7 @@ another scheduler on the same database, survives failing syncs, and stops cleanl
 
 from __future__ import annotations
 
+import gc
 import itertools
 import signal
 import threading
@@ -15,16 +16,21 @@ import requests
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlalchemy.engine import Dialect, make_url
 
 from etl.metrics import Metrics
 from etl.scheduler import SyncScheduler, make_trigger
 from etl.simulator import Simulator
+from etl.store.engine import make_engine
 from etl.store.lock import DatabaseLock
+from etl.store.schema import sync_lock
 from tests.conftest import make_settings, sim_env
 from tests.procs import (
     Output,
+    TcpProxy,
     etl_process,
+    running_with_pages,
     runs_of,
     signal_after_first_page,
     stop,
@@ -239,3 +245,56 @@ def test_two_schedulers_on_one_database_never_overlap(
         assert before.finished_at <= after.started_at, (before, after)
     assert {r.pid for r in runs} <= {p.pid for p in procs}
     assert any("skipped: another sync holds the lock" in err for err in errs)
+
+
+def _live_dialects() -> int:
+    gc.collect()
+    return sum(isinstance(o, Dialect) for o in gc.get_objects())
+
+
+@pytest.mark.parametrize("empty_db_url", ["sqlite", "postgresql"], indirect=True)
+def test_many_runs_leave_nothing_behind(simulator: Simulator, db_url: str) -> None:
+    # every run has an engine of its own; a cache keyed by its dialect kept each one alive
+    # (a scheduler on a 1 s interval grew from 68 to 228 MB in 733 runs)
+    scheduler = SyncScheduler(make_settings(simulator, db_url, schedule="1d"))
+    for _ in range(3):
+        assert scheduler.run_once() == "succeeded"
+    before = _live_dialects()
+    for _ in range(20):
+        assert scheduler.run_once() == "succeeded"
+    assert _live_dialects() - before <= 2
+
+
+@pytest.mark.parametrize("empty_db_url", ["postgresql"], indirect=True)
+def test_a_database_cut_during_a_run_does_not_lock_the_scheduler_out(
+    simulator: Simulator, db_url: str
+) -> None:
+    # the run fails and cannot release its lock; when the database is back, the same
+    # process found "another sync is running (itself)" until lock_ttl_seconds had passed
+    url = make_url(db_url)
+    proxy = TcpProxy(url.port or 5432)
+    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    proxy.up()
+    simulator.faults.set_latency(0.1)
+    scheduler = SyncScheduler(make_settings(simulator, proxied, page_size=10, schedule="1d"))
+    cutter = threading.Thread(
+        target=lambda: (wait_for(lambda: running_with_pages(db_url), "a page"), proxy.down())
+    )
+    cutter.start()
+    try:
+        assert scheduler.run_once() == "error"
+    finally:
+        cutter.join()
+        proxy.up()
+    simulator.faults.set_latency(0)
+    try:
+        engine = make_engine(db_url)
+        with engine.connect() as conn:
+            left = conn.execute(select(sync_lock.c.holder)).scalar()
+        engine.dispose()
+        assert left is not None  # the cut run's lock is still in its row
+        assert scheduler.run_once() == "succeeded"
+    finally:
+        proxy.down()
+    statuses = [r.status for r in runs_of(db_url)]
+    assert statuses == ["abandoned", "succeeded"]

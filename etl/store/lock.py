@@ -65,6 +65,23 @@ def holder_name() -> str:
     return f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}:{_pid_space()}"
 
 
+# The holders of this process's locks between acquire and release. A holder of this process
+# that is not among them is a lock that a run of this process could not release (the
+# database went away at the end of the run): no run of this process holds it any more.
+_ACTIVE: set[str] = set()
+_ACTIVE_LOCK = threading.Lock()
+
+
+def _left_here(holder: str) -> bool:
+    """True when ``holder`` names this very process and none of its locks holds it."""
+    host, pid_text, _, space = [*holder.split(":"), "", "", ""][:4]
+    here = _pid_space()
+    if host != socket.gethostname()[:160] or pid_text != str(os.getpid()) or space != here:
+        return False
+    with _ACTIVE_LOCK:
+        return holder not in _ACTIVE
+
+
 def _died_here(holder: str) -> bool:
     """True when ``holder`` names a process of this host and PID space that no longer
     exists. Anything less certain (another host, another container, an older holder name)
@@ -111,18 +128,32 @@ class DatabaseLock:
             )
             free = or_(c.holder.is_(None), c.expires_at < now)
             if conn.execute(take.where(c.name == LOCK_NAME, free)).rowcount == 1:
+                self._active()
                 return
             row = conn.execute(select(sync_lock).where(c.name == LOCK_NAME)).one()
-            if row.holder and _died_here(row.holder):
-                # Killed on this very host: no need to wait for its lock to expire.
+            left = bool(row.holder) and _left_here(row.holder)
+            if left or (row.holder and _died_here(row.holder)):
+                # Killed on this very host, or left by an earlier run of this process that
+                # could not release it: no need to wait for the lock to expire.
                 taken = conn.execute(take.where(c.name == LOCK_NAME, c.holder == row.holder))
                 if taken.rowcount == 1:
-                    log.warning("took over the sync lock of %s, which died", row.holder)
+                    log.warning(
+                        "took over the sync lock of %s, %s",
+                        row.holder,
+                        "an earlier run of this process that could not release it"
+                        if left
+                        else "which died",
+                    )
+                    self._active()
                     return
         raise LockHeld(
             f"another sync is running ({row.holder}, since {row.acquired_at:%Y-%m-%d %H:%M:%S} "
             f"UTC); its lock expires at {row.expires_at:%Y-%m-%d %H:%M:%S} UTC if it has died"
         )
+
+    def _active(self) -> None:
+        with _ACTIVE_LOCK:
+            _ACTIVE.add(self.holder)
 
     def set_run(self, run_id: int) -> None:
         with begin_write(self.engine) as conn:
@@ -155,15 +186,21 @@ class DatabaseLock:
         )
 
     def release(self) -> None:
+        """Give the lock up. When the database cannot be told, the lock stays in its row
+        until it expires, or until the next run of this process takes it back."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        with begin_write(self.engine) as conn:
-            conn.execute(
-                update(sync_lock)
-                .where(sync_lock.c.name == LOCK_NAME, sync_lock.c.holder == self.holder)
-                .values(holder=None, run_id=None, expires_at=None)
-            )
+        try:
+            with begin_write(self.engine) as conn:
+                conn.execute(
+                    update(sync_lock)
+                    .where(sync_lock.c.name == LOCK_NAME, sync_lock.c.holder == self.holder)
+                    .values(holder=None, run_id=None, expires_at=None)
+                )
+        finally:
+            with _ACTIVE_LOCK:
+                _ACTIVE.discard(self.holder)
 
     def keep_alive(self, on_lost: Callable[[], None]) -> None:
         """Refresh the lock every ttl/3 seconds in a daemon thread until released."""

@@ -33,7 +33,11 @@ def mark_abandoned(conn: Connection, now: datetime) -> list[int]:
         conn.execute(
             update(sync_scopes)
             .where(sync_scopes.c.run_id.in_(ids), sync_scopes.c.status == "running")
-            .values(status="aborted", finished_at=now, error="the process running it died")
+            .values(
+                status="aborted",
+                finished_at=now,
+                error="never finished: the process running it died or lost the database",
+            )
         )
         _total_counts(conn, ids)
         conn.execute(
