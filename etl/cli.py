@@ -33,7 +33,7 @@ from etl.errors import (
     SchemaOutOfDate,
 )
 from etl.logs import register_secret, scrub, setup_logging
-from etl.sync import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, RunResult
+from etl.sync import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_SIGTERM, RunResult
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -338,7 +338,7 @@ def schedule(
     """Run syncs on the `schedule` setting until SIGTERM (a long-running service).
 
     Never two syncs at once, in this process or across hosts (the database lock). SIGTERM
-    or Ctrl-C: no new runs; the run in flight stops after its page; exit 0."""
+    or Ctrl-C: no new runs; the run in flight stops after its page; exit 143."""
     from etl.metrics import Metrics
     from etl.scheduler import SyncScheduler
 
@@ -351,12 +351,13 @@ def schedule(
                 raise ConfigError(
                     [f"--metrics-port {metrics_port}: cannot listen on {metrics_host}: {exc}"]
                 ) from None
-        SyncScheduler(settings, metrics=metrics, metrics_file=metrics_file).run_forever(
-            run_now=run_now
-        )
+        scheduler = SyncScheduler(settings, metrics=metrics, metrics_file=metrics_file)
+        scheduler.run_forever(run_now=run_now)
     finally:
         if metrics is not None:
             metrics.close()
+    if scheduler.stopped_by is not None:
+        sys.exit(EXIT_SIGTERM)  # as `sync`: 143 when stopped by SIGTERM (or Ctrl-C)
 
 
 def _max_age(_ctx: click.Context, _param: click.Parameter, value: str) -> timedelta:

@@ -67,6 +67,7 @@ class SyncScheduler:
         # One engine for every run, its connections closed after each: an engine per run
         # left a dialect behind in caches keyed by it (SQLAlchemy's own keeps 128).
         self._sync_engine: Engine | None = None
+        self.stopped_by: str | None = None  # the signal that stopped run_forever
 
     # --- one run -------------------------------------------------------------------------
 
@@ -203,6 +204,7 @@ class SyncScheduler:
             return {}
 
         def handler(signum: int, _frame: FrameType | None) -> None:
-            self.close(signal.Signals(signum).name)
+            self.stopped_by = signal.Signals(signum).name
+            self.close(self.stopped_by)
 
         return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}

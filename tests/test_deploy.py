@@ -72,6 +72,8 @@ def test_sync_unit_is_oneshot_and_tolerates_lock_and_stop() -> None:
     schedule = DEPLOY / "numbers-etl-schedule.service"
     assert directive(schedule, "Restart") == ["on-failure"]
     assert directive(schedule, "RestartPreventExitStatus") == ["2"]
+    # `systemctl stop` (SIGTERM): the scheduler exits 143, a clean stop, not a failure
+    assert directive(schedule, "SuccessExitStatus") == ["143"]
 
 
 def test_metrics_file_directory_is_a_state_directory() -> None:

@@ -1,6 +1,6 @@
 """`numbers-etl schedule`: runs on a short interval against the simulator, never overlaps
 another scheduler on the same database, survives failing syncs, and stops cleanly on SIGTERM
-(the run in flight `aborted`, exit 0). Real processes, real databases."""
+(the run in flight `aborted`, exit 143). Real processes, real databases."""
 
 from __future__ import annotations
 
@@ -192,7 +192,7 @@ def test_schedule_runs_syncs_on_an_interval_and_serves_metrics(
         err = output.text()  # before stop(), which would read the pipe as well
     finally:
         stop(proc)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 143, err  # the contract's "stopped by SIGTERM", as `sync`
     assert "next run at " in err
     assert "SIGTERM: no new runs" in err
     assert "scheduler stopped" in err
@@ -202,14 +202,14 @@ def test_schedule_runs_syncs_on_an_interval_and_serves_metrics(
     assert all(r.finished_at is not None for r in runs_of(db_url))
 
 
-def test_sigterm_mid_run_aborts_it_and_exits_0(
+def test_sigterm_mid_run_aborts_it_and_exits_143(
     simulator: Simulator, db_url: str, tmp_path: Path
 ) -> None:
     simulator.faults.set_latency(0.2)
     env = sim_env(simulator, db_url, page_size=10, schedule="1d")
     proc = etl_process(["schedule", "--run-now"], env, tmp_path)
     _, err = signal_after_first_page(proc, db_url, signal.SIGTERM)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 143, err
     assert "SIGTERM: no new runs; the run in flight stops after its page; then exiting" in err
     (run,) = runs_of(db_url)
     assert run.status == "aborted"
@@ -238,7 +238,7 @@ def test_two_schedulers_on_one_database_never_overlap(
     finally:
         for proc in procs:
             stop(proc)
-    assert [p.returncode for p in procs] == [0, 0], errs
+    assert [p.returncode for p in procs] == [143, 143], errs
     runs = runs_of(db_url)
     assert all(r.finished_at is not None for r in runs)
     for before, after in itertools.pairwise(runs):
