@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import sys
 import threading
@@ -215,6 +216,15 @@ def stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(sig, old)
 
 
+def _exit_when_stuck(seconds: float) -> None:
+    """A run whose database stopped answering cannot stop (its statements wait for ever):
+    end the process, so that systemd (Restart=on-failure) or the next cron run starts
+    afresh; the next run marks this one abandoned."""
+    log.critical("exiting (status %d) so that the process can be started afresh", EXIT_FAILED)
+    logging.shutdown()
+    os._exit(EXIT_FAILED)
+
+
 def _country_list(values: tuple[str, ...]) -> list[str]:
     """The codes of --country (or --accept-removals), checked by ``_sync_checks`` first."""
     return list(PARSERS["countries"](",".join(values))) if values else []
@@ -301,6 +311,7 @@ def sync(
                 accept_removals=accepted,
                 stop=stop,
                 on_page=progress.on_page if progress else None,
+                on_stuck=_exit_when_stuck,
             ).run()
     finally:
         if metrics_file is not None:
@@ -351,7 +362,9 @@ def schedule(
                 raise ConfigError(
                     [f"--metrics-port {metrics_port}: cannot listen on {metrics_host}: {exc}"]
                 ) from None
-        scheduler = SyncScheduler(settings, metrics=metrics, metrics_file=metrics_file)
+        scheduler = SyncScheduler(
+            settings, metrics=metrics, metrics_file=metrics_file, on_stuck=_exit_when_stuck
+        )
         scheduler.run_forever(run_now=run_now)
     finally:
         if metrics is not None:

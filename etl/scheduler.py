@@ -11,6 +11,7 @@ import logging
 import signal
 import threading
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -49,10 +50,12 @@ class SyncScheduler:
         *,
         metrics: Metrics | None = None,
         metrics_file: Path | None = None,
+        on_stuck: Callable[[float], None] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.metrics_file = metrics_file
+        self.on_stuck = on_stuck  # see Sync
         self.trigger, self.grace = make_trigger(settings.schedule)
         self.scheduler = BlockingScheduler(timezone=UTC)
         self.outcomes: deque[str] = deque(maxlen=100)  # the latest runs' outcomes, bounded
@@ -98,7 +101,9 @@ class SyncScheduler:
                     self.settings.database_url, pool_size=self.settings.concurrency
                 )
             try:
-                result = Sync(self.settings, stop=stop, engine=self._sync_engine).run()
+                result = Sync(
+                    self.settings, stop=stop, engine=self._sync_engine, on_stuck=self.on_stuck
+                ).run()
             finally:
                 self._sync_engine.dispose()  # no connection kept open between runs
         except LockHeld as exc:

@@ -157,6 +157,7 @@ class Sync:
         on_page: PageHook | None = None,
         client: BirdClient | None = None,
         page_source: PageSource | None = None,
+        on_stuck: Callable[[float], None] | None = None,
     ) -> None:
         self.settings = settings
         self.scopes = scopes_for(settings, countries)
@@ -168,6 +169,9 @@ class Sync:
         self.stats = None if client is None else client.stats
         self._client = client
         self._page_source = page_source
+        # called (after the run was told to stop) when the database has not answered the
+        # lock's refreshes past its expiry: the CLI exits, so that a supervisor restarts
+        self.on_stuck = on_stuck
         self._auth_error: AuthError | None = None
         self._lock_lost = False
         # why the run stops early when it is not a signal (set before `stop`)
@@ -227,7 +231,7 @@ class Sync:
         lock = DatabaseLock(self.engine, ttl=self.settings.lock_ttl_seconds)
         lock.acquire()
         try:
-            lock.keep_alive(on_lost=self._on_lock_lost)
+            lock.keep_alive(on_lost=self._on_lock_lost, on_stuck=self._on_stuck)
             return self._locked_run(lock)
         finally:
             lock.release()
@@ -237,6 +241,17 @@ class Sync:
         if self._stop_reason is None:
             self._stop_reason = reason
         self.stop.set()
+
+    def _on_stuck(self, seconds: float) -> None:
+        log.critical(
+            "the database has not answered for %.0f s: the sync lock could not be refreshed "
+            "and has expired, and the run cannot stop while its statements wait",
+            seconds,
+        )
+        self._lock_lost = True
+        self._halt("stopped: the database stopped answering and the sync lock expired")
+        if self.on_stuck is not None:
+            self.on_stuck(seconds)
 
     def _on_lock_lost(self) -> None:
         self._lock_lost = True

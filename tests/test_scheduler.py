@@ -298,3 +298,35 @@ def test_a_database_cut_during_a_run_does_not_lock_the_scheduler_out(
         proxy.down()
     statuses = [r.status for r in runs_of(db_url)]
     assert statuses == ["abandoned", "succeeded"]
+
+
+@pytest.mark.parametrize("empty_db_url", ["postgresql", "mysql"], indirect=True)
+def test_a_database_that_stops_answering_ends_the_process(
+    simulator: Simulator, db_url: str, tmp_path: Path
+) -> None:
+    # the server (or a proxy before it) stops answering with its connections left open: the
+    # run's statements wait for ever, and SIGTERM cannot stop them. Once the lock has expired
+    # the process exits 1, for systemd (Restart=on-failure) or the next cron run to start
+    # afresh, instead of hanging with its metrics saying all is well.
+    url = make_url(db_url)
+    proxy = TcpProxy(url.port or (5432 if url.get_backend_name() == "postgresql" else 3306))
+    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    proxy.up()
+    simulator.faults.set_latency(0.1)
+    env = sim_env(simulator, proxied, page_size=10, schedule="1d", lock_ttl_seconds=10)
+    proc = etl_process(["schedule", "--run-now"], env, tmp_path)
+    output = Output(proc)
+    try:
+        wait_for(lambda: running_with_pages(db_url), "a page")
+        proxy.frozen.set()
+        proc.wait(timeout=150)
+        err = output.text()
+    finally:
+        stop(proc)
+        proxy.frozen.clear()
+        proxy.down()
+    assert proc.returncode == 1, err
+    assert "the database has not answered for " in err
+    assert "exiting (status 1) so that the process can be started afresh" in err
+    (run,) = runs_of(db_url)
+    assert run.status == "running"  # the next run marks it abandoned, at once (same host)

@@ -106,8 +106,24 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         given = parsed.query.get("options")  # the URL's own (?options=-c search_path=...)
         if given:
             options += " " + (given if isinstance(given, str) else " ".join(given))
-        kwargs["connect_args"] = {"options": options}
+        connect_args: dict[str, Any] = {"options": options}
+        # libpq waits for ever by default: for a connection that cannot be made, and (TCP
+        # keepalive after two idle hours) for a server that vanished from the network.
+        # The URL's own values win.
+        for option, value in _LIBPQ_DEFAULTS.items():
+            if option not in parsed.query:
+                connect_args[option] = value
+        kwargs["connect_args"] = connect_args
     return create_engine(url, **kwargs)
+
+
+_LIBPQ_DEFAULTS = {
+    "connect_timeout": 15,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
 
 
 def _setup_sqlite(engine: Engine) -> None:

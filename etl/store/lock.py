@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -65,6 +66,11 @@ def holder_name() -> str:
     return f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}:{_pid_space()}"
 
 
+# A lock whose refreshes have all failed (or hung) for its ttl and this grace after it: the
+# database stopped answering, and the lock has expired.
+STUCK_GRACE = 60.0
+WATCH_EVERY = 5.0
+
 # The holders of this process's locks between acquire and release. A holder of this process
 # that is not among them is a lock that a run of this process could not release (the
 # database went away at the end of the run): no run of this process holds it any more.
@@ -114,6 +120,7 @@ class DatabaseLock:
         self.clock = clock  # None: the database's clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._refreshed = time.monotonic()  # when the lock was last taken or extended
 
     def acquire(self) -> None:
         """Take the lock or raise LockHeld naming the holder and when its lock expires."""
@@ -152,6 +159,7 @@ class DatabaseLock:
         )
 
     def _active(self) -> None:
+        self._refreshed = time.monotonic()
         with _ACTIVE_LOCK:
             _ACTIVE.add(self.holder)
 
@@ -176,7 +184,7 @@ class DatabaseLock:
         closes a scope in the same transaction as this: the row stays locked until that
         commits, so no other sync can take the lock in between (a run that was frozen past
         its lock's expiry must not count the numbers a newer run saw as missed)."""
-        return (
+        held = (
             conn.execute(
                 update(sync_lock)
                 .where(sync_lock.c.name == LOCK_NAME, sync_lock.c.holder == self.holder)
@@ -184,6 +192,9 @@ class DatabaseLock:
             ).rowcount
             == 1
         )
+        if held:
+            self._refreshed = time.monotonic()
+        return held
 
     def release(self) -> None:
         """Give the lock up. When the database cannot be told, the lock stays in its row
@@ -202,8 +213,15 @@ class DatabaseLock:
             with _ACTIVE_LOCK:
                 _ACTIVE.discard(self.holder)
 
-    def keep_alive(self, on_lost: Callable[[], None]) -> None:
-        """Refresh the lock every ttl/3 seconds in a daemon thread until released."""
+    def keep_alive(
+        self, on_lost: Callable[[], None], on_stuck: Callable[[float], None] | None = None
+    ) -> None:
+        """Refresh the lock every ttl/3 seconds in a daemon thread until released.
+
+        With ``on_stuck``, a second thread watches the refreshes: when none has succeeded
+        for the lock's ttl and a grace after it (the database stopped answering, and a
+        refresh, like the run's own statements, waits on it for ever), it calls
+        ``on_stuck(seconds since the last one)``, once."""
 
         def beat() -> None:
             while not self._stop.wait(self.ttl / 3):
@@ -217,3 +235,20 @@ class DatabaseLock:
 
         self._thread = threading.Thread(target=beat, name="sync-lock", daemon=True)
         self._thread.start()
+        if on_stuck is not None:
+            threading.Thread(
+                target=self._watch, args=(on_stuck,), name="sync-lock-watch", daemon=True
+            ).start()
+
+    def _watch(self, on_stuck: Callable[[float], None]) -> None:
+        limit = self.ttl + min(STUCK_GRACE, self.ttl)
+        late_before = False
+        while not self._stop.wait(min(WATCH_EVERY, self.ttl / 3)):
+            since = time.monotonic() - self._refreshed
+            late = since > limit
+            # twice in a row: a process that was paused (a suspended VM) gets one more
+            # look, in which its refresh can catch up
+            if late and late_before:
+                on_stuck(since)
+                return
+            late_before = late
