@@ -483,7 +483,12 @@ def db_current(settings: Settings) -> None:
     with _engine(settings) as engine:
         current = migrate.current_revision(engine)
     head = migrate.head_revision()
-    state = "up to date" if current == head else "behind: run `numbers-etl db upgrade`"
+    if current == head:
+        state = "up to date"
+    elif current is not None and not migrate.known_revision(current):
+        state = "ahead: migrated by a newer numbers-etl, which this version cannot use"
+    else:
+        state = "behind: run `numbers-etl db upgrade`"
     click.echo(f"database: {current or 'none'}  code: {head}  ({state})")
 
 

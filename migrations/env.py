@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from etl.store.schema import metadata
 
 config = context.config
+
+
+# Two upgrades of one database at once (two containers starting together) take turns: the
+# second waits for the first, then finds the database at head. Without it one of them failed
+# on a table the other had just made. SQLite's BEGIN IMMEDIATE already serialises them.
+MIGRATION_LOCK_KEY = 0x6E756D62  # a PostgreSQL advisory lock key: "numb"
+MIGRATION_LOCK_NAME = "numbers_etl_migrate"  # a MySQL/MariaDB named lock
+MIGRATION_LOCK_WAIT = 600  # seconds
 
 
 def _run(connection: Connection) -> None:
@@ -17,7 +26,27 @@ def _run(connection: Connection) -> None:
         compare_type=True,
         render_as_batch=connection.dialect.name == "sqlite",
     )
+    backend = connection.dialect.name
     with context.begin_transaction():
+        if backend == "postgresql":  # held until the transaction ends
+            connection.execute(text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"))
+        if backend in ("mysql", "mariadb"):  # DDL commits: a lock of the session's
+            got = connection.execute(
+                text("SELECT GET_LOCK(:name, :wait)"),
+                {"name": MIGRATION_LOCK_NAME, "wait": MIGRATION_LOCK_WAIT},
+            ).scalar()
+            if got != 1:
+                raise SystemExit(
+                    f"another numbers-etl migration held the lock {MIGRATION_LOCK_NAME!r} "
+                    f"for {MIGRATION_LOCK_WAIT} s; try again when it has finished"
+                )
+            try:
+                context.run_migrations()
+            finally:
+                connection.execute(
+                    text("SELECT RELEASE_LOCK(:name)"), {"name": MIGRATION_LOCK_NAME}
+                )
+            return
         context.run_migrations()
 
 

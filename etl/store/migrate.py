@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 
@@ -9,6 +10,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
 from sqlalchemy import Engine
 
 from etl.errors import SchemaOutOfDate
@@ -22,8 +25,30 @@ def alembic_config() -> Config:
     return config
 
 
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def known_revision(revision: str) -> bool:
+    """Whether this version of numbers-etl has the migration ``revision``."""
+    try:
+        return _script().get_revision(revision) is not None
+    except (CommandError, RevisionError):  # "Can't locate revision ..."
+        return False
+
+
+def newer_database(current: str) -> SchemaOutOfDate:
+    """The error for a database at a revision this code does not know."""
+    return SchemaOutOfDate(
+        f"the database is at migration {current}, which this version of numbers-etl "
+        f"(migrations up to {head_revision()}) does not know: a newer numbers-etl migrated "
+        "it. Run that version, or install it and move the database back with alembic "
+        "downgrade from its checkout"
+    )
+
+
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    head = _script().get_current_head()
     assert head is not None
     return head
 
@@ -34,17 +59,33 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    config = alembic_config()
-    with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, revision)
+    _migrate(engine, command.upgrade, revision)
 
 
 def downgrade(engine: Engine, revision: str = "base") -> None:
+    _migrate(engine, command.downgrade, revision)
+
+
+def _migrate(engine: Engine, step: Callable[[Config, str], None], revision: str) -> None:
+    """Run alembic's ``step`` to ``revision``; a revision that the database is at or is
+    asked for, and that this code does not know, is a SchemaOutOfDate (exit 2), not a
+    traceback."""
+    if revision not in ("head", "base", "heads") and not known_revision(revision):
+        raise SchemaOutOfDate(
+            f"there is no migration {revision!r}: this version of numbers-etl has "
+            f"{', '.join(_revisions())} (head: {head_revision()})"
+        )
+    current = current_revision(engine)
+    if current is not None and not known_revision(current):
+        raise newer_database(current)
     config = alembic_config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
-        command.downgrade(config, revision)
+        step(config, revision)
+
+
+def _revisions() -> list[str]:
+    return [r.revision for r in reversed(list(_script().walk_revisions()))]
 
 
 def check_schema(engine: Engine, *, create_if_new: bool = False) -> None:
@@ -61,6 +102,8 @@ def check_schema(engine: Engine, *, create_if_new: bool = False) -> None:
         if empty:
             upgrade(engine)
             return
+    if current is not None and not known_revision(current):
+        raise newer_database(current)
     raise SchemaOutOfDate(
         f"the database is at migration {current or 'none (no numbers-etl tables)'} but this "
         f"version of numbers-etl needs {head}; run `numbers-etl db upgrade` first"

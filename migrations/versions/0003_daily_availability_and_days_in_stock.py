@@ -114,9 +114,15 @@ def _initial_views(dialect: str) -> dict[str, str]:
 
 
 def _replace(views: dict[str, str]) -> None:
+    if op.get_bind().dialect.name == "sqlite":  # no CREATE OR REPLACE VIEW
+        for name in NAMES:
+            op.execute(f"DROP VIEW IF EXISTS {name}")
+            op.execute(f"CREATE VIEW {name} AS {views[name]}")
+        return
+    # Replaced in place (same columns), not dropped: on PostgreSQL a dropped view loses its
+    # grants, and a BI role's dashboards would fail with "permission denied" after upgrading.
     for name in NAMES:
-        op.execute(f"DROP VIEW IF EXISTS {name}")
-        op.execute(f"CREATE VIEW {name} AS {views[name]}")
+        op.execute(f"CREATE OR REPLACE VIEW {name} AS {views[name]}")
 
 
 def upgrade() -> None:
