@@ -56,11 +56,15 @@ def run_migrations_online() -> None:
         _run(connection)
         return
     from etl.config import load_settings
+    from etl.errors import ConfigError
     from etl.store.engine import make_engine
 
     url = context.get_x_argument(as_dictionary=True).get("database_url")
     if url is None:
-        url = load_settings().database_url
+        try:
+            url = load_settings().database_url
+        except ConfigError as exc:  # as numbers-etl says it: no traceback
+            raise SystemExit(f"numbers-etl: {exc}") from None
     engine = make_engine(url)
     try:
         with engine.connect() as conn:

@@ -184,3 +184,10 @@ def test_upgrade_keeps_the_grants_of_the_bi_views(empty_db_url: str) -> None:
             conn.execute(text(f"DROP OWNED BY {role}"))
             conn.execute(text(f"DROP ROLE IF EXISTS {role}"))
         engine.dispose()
+
+
+def test_db_upgrade_to_an_older_revision_says_it_stays(db_url: str) -> None:
+    result = invoke({"NUMBERS_ETL_DATABASE_URL": db_url}, "db", "upgrade", "--revision", "0001")
+    assert result.exit_code == 0, result.output
+    assert f"is at revision {migrate.head_revision()}\n" in result.stdout
+    assert "(not 0001: the database was already past it;" in result.stdout
