@@ -472,7 +472,7 @@ def db_upgrade(settings: Settings, revision: str) -> None:
         migrate.upgrade(engine, revision)
         current = migrate.current_revision(engine)
     click.echo(f"{redact_url(settings.database_url)} is at revision {current}")
-    if revision not in ("head", "heads") and current != revision:
+    if migrate.is_plain_revision(revision) and current != revision:
         click.echo(
             f"(not {revision}: the database was already past it; `db upgrade` never goes "
             "back, `alembic downgrade` does)"

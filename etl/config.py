@@ -334,12 +334,21 @@ _LIBPQ_NUMBERS = (
     "keepalives_count",
     "tcp_user_timeout",
 )
-# Options that name a file the driver opens when it connects: a file that is not there is a
-# mistake in the URL (PyMySQL would fail with a traceback). libpq's "system" is its own.
+# Options that name a file the driver must open when it connects: a file that is not there
+# is a mistake in the URL (PyMySQL failed with a traceback). libpq needs its root
+# certificate only to verify the server (sslmode=verify-*), and skips a missing client
+# certificate, key or CRL; "system" is its own word. Neither driver expands "~".
 _FILE_OPTIONS = {
-    "psycopg": ("sslrootcert", "sslcert", "sslkey", "sslcrl"),
-    "pymysql": ("ssl_ca", "ssl_cert", "ssl_key", "read_default_file"),
+    "psycopg": ("sslrootcert",),
+    "pymysql": ("ssl_ca", "ssl_cert", "ssl_key"),
 }
+
+
+def _verifies(url: URL) -> bool:
+    """Whether libpq verifies the server's certificate (and so reads sslrootcert)."""
+    mode = url.query.get("sslmode", "prefer")
+    modes = (mode,) if isinstance(mode, str) else tuple(mode)
+    return any(m.startswith("verify") for m in modes)
 
 
 def _bad_option_values(url: URL) -> list[str]:
@@ -362,13 +371,13 @@ def _bad_option_values(url: URL) -> list[str]:
                     problems.append(f"has {option}={one!r}, which is not a whole number")
             elif (
                 option in _FILE_OPTIONS.get(driver or "", ())
-                and not (driver == "psycopg" and one == "system")
-                and not Path(one).expanduser().is_file()
+                and not (driver == "psycopg" and (one == "system" or not _verifies(url)))
+                and not Path(one).is_file()
             ):
                 problems.append(
                     f"has {option}={one!r}, a file that does not exist (or is not a file); "
-                    "give the path of the file, as the database server's administrator "
-                    "provides it"
+                    "give the path of the file"
+                    + (" (the driver does not expand '~')" if one.startswith("~") else "")
                 )
     return problems
 

@@ -369,7 +369,11 @@ def test_unknown_connection_option_is_a_config_error(url: str, message: str) -> 
         ("postgresql+psycopg:?target_session_attrs=rw", "target_session_attrs='rw'"),
         ("postgresql+psycopg:?connect_timeout=abc", "connect_timeout='abc', which is not a whole"),
         ("postgresql+psycopg:?keepalives_idle=1m", "keepalives_idle='1m'"),
-        ("postgresql+psycopg:?sslrootcert=/nonexistent/ca.pem", "a file that does not exist"),
+        (
+            "postgresql+psycopg:?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            "sslrootcert='/nonexistent/ca.pem', a file that does not exist",
+        ),
+        ("mysql+pymysql:?ssl_ca=~/ca.pem", "(the driver does not expand '~')"),
         ("mysql+pymysql:?ssl_ca=/nonexistent/ca.pem", "ssl_ca='/nonexistent/ca.pem', a file"),
         ("mysql+pymysql:?ssl_cert=/nonexistent/c.pem", "ssl_cert='/nonexistent/c.pem', a file"),
     ],

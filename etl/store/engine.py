@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -26,7 +27,14 @@ def sqlite_path(url: str) -> Path | None:
         return None
     if parsed.database == ":memory:":
         return None
-    return Path(parsed.database)
+    database = parsed.database
+    if parsed.query.get("uri") == "true" and database.startswith("file:"):
+        # a URI filename (sqlite:///file:/path?mode=ro&uri=true): its path, decoded
+        if parsed.query.get("mode") == "memory":
+            return None
+        path = unquote(urlsplit(database).path)
+        return None if path in ("", ":memory:") else Path(path)
+    return Path(database)
 
 
 # One lock per SQLite engine: the threads of a process that write to one SQLite file queue on

@@ -121,6 +121,7 @@ class DatabaseLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._refreshed = time.monotonic()  # when the lock was last taken or extended
+        self._lost = False  # another sync took it
 
     def acquire(self) -> None:
         """Take the lock or raise LockHeld naming the holder and when its lock expires."""
@@ -228,6 +229,7 @@ class DatabaseLock:
                 try:
                     if not self.refresh():
                         log.error("the sync lock was lost (taken by another process); stopping")
+                        self._lost = True  # refreshes end here: not a database that hangs
                         on_lost()
                         return
                 except Exception:  # a database hiccup: try again at the next beat
@@ -244,6 +246,8 @@ class DatabaseLock:
         limit = self.ttl + min(STUCK_GRACE, self.ttl)
         late_before = False
         while not self._stop.wait(min(WATCH_EVERY, self.ttl / 3)):
+            if self._lost:
+                return
             since = time.monotonic() - self._refreshed
             late = since > limit
             # twice in a row: a process that was paused (a suspended VM) gets one more

@@ -70,18 +70,31 @@ def _migrate(engine: Engine, step: Callable[[Config, str], None], revision: str)
     """Run alembic's ``step`` to ``revision``; a revision that the database is at or is
     asked for, and that this code does not know, is a SchemaOutOfDate (exit 2), not a
     traceback."""
-    if revision not in ("head", "base", "heads") and not known_revision(revision):
-        raise SchemaOutOfDate(
-            f"there is no migration {revision!r}: this version of numbers-etl has "
-            f"{', '.join(_revisions())} (head: {head_revision()})"
-        )
+    if is_plain_revision(revision) and not known_revision(revision):
+        raise _no_such(revision)
     current = current_revision(engine)
     if current is not None and not known_revision(current):
         raise newer_database(current)
     config = alembic_config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
-        step(config, revision)
+        try:
+            step(config, revision)
+        except CommandError as exc:  # a relative target (+2, -1) out of range, say
+            raise _no_such(revision, str(exc)) from None
+
+
+def is_plain_revision(revision: str) -> bool:
+    """A revision id (0002), not a name alembic resolves (head, base, +1, -1, 0001+1)."""
+    return revision not in ("head", "heads", "base") and not any(c in revision for c in "+-@:")
+
+
+def _no_such(revision: str, why: str | None = None) -> SchemaOutOfDate:
+    return SchemaOutOfDate(
+        f"there is no migration {revision!r}"
+        + (f" ({why})" if why else "")
+        + f": this version of numbers-etl has {', '.join(_revisions())} (head: {head_revision()})"
+    )
 
 
 def _revisions() -> list[str]:
