@@ -99,6 +99,11 @@ class _PageStatements:
     than running it."""
 
     read: Select[Any]
+    # The read of a page that writes, where the database cannot mark the rows seen as it
+    # reads them (MySQL, MariaDB): it locks them (FOR UPDATE), so that two countries listing
+    # one number at once take turns and the second sees what the first wrote. A plain read
+    # let both record the same price change or relisting.
+    read_to_write: Select[Any]
     ids: Select[Any]
     seen: Update
     # The read that marks the page's numbers seen as it reads them (UPDATE ... RETURNING,
@@ -135,8 +140,10 @@ def _statements_for(name: str, update_returning: bool, insert_returning: bool) -
         "first_missed_at": None,
     }
     stored = [numbers.c[name] for name in StoredNumber.COLUMNS]
+    read = select(*stored).where(in_list(numbers.c.number, "page_numbers", name))
     return _PageStatements(
-        read=select(*stored).where(in_list(numbers.c.number, "page_numbers", name)),
+        read=read,
+        read_to_write=read.with_for_update() if name in ("mysql", "mariadb") else read,
         ids=select(numbers.c.number, numbers.c.id).where(
             in_list(numbers.c.number, "new_numbers", name)
         ),
@@ -333,15 +340,20 @@ class PageCounts:
 
 
 def read_stored(
-    conn: Connection, numbers_on_page: Sequence[str], mark_seen: tuple[datetime, int] | None = None
+    conn: Connection,
+    numbers_on_page: Sequence[str],
+    mark_seen: tuple[datetime, int] | None = None,
+    *,
+    to_write: bool = False,
 ) -> dict[str, Sequence[Any]]:
     """The stored rows (``StoredNumber.COLUMNS``) of the given numbers, in one statement.
     ``mark_seen`` (when, run id): the same statement marks them seen (only where the database
-    has UPDATE ... RETURNING: ``_statements(dialect).seen_read``)."""
+    has UPDATE ... RETURNING: ``_statements(dialect).seen_read``). ``to_write``: the caller
+    writes changes computed from them (``_PageStatements.read_to_write``)."""
     statements = _statements(conn.dialect)
     params: dict[str, Any] = {"page_numbers": list(numbers_on_page)}
     if mark_seen is None:
-        statement: Select[Any] | Update = statements.read
+        statement: Select[Any] | Update = statements.read_to_write if to_write else statements.read
     else:
         assert statements.seen_read is not None
         statement = statements.seen_read
@@ -351,14 +363,18 @@ def read_stored(
 
 
 def page_changes(
-    conn: Connection, page: Page, mark_seen: tuple[datetime, int] | None = None
+    conn: Connection,
+    page: Page,
+    mark_seen: tuple[datetime, int] | None = None,
+    *,
+    to_write: bool = False,
 ) -> PageChanges:
     """Read what the page needs and compute its changes; ``mark_seen`` (when, run id): mark
     the page's stored numbers seen in the same statement (see ``read_stored``)."""
     items = dedupe(page.items)
     rejected = [r.number for r in page.rejections if r.number]
     wanted = list({*(i.number for i in items), *rejected})
-    rows = read_stored(conn, wanted, mark_seen) if wanted else {}
+    rows = read_stored(conn, wanted, mark_seen, to_write=to_write) if wanted else {}
     return diff_rows(rows, items, rejected)
 
 
@@ -367,7 +383,7 @@ def apply_page(conn: Connection, *, run_id: int, scope_row_id: int, page: Page) 
     at = page.fetched_at
     statements = _statements(conn.dialect)
     marked = statements.seen_read is not None  # the stored numbers are marked seen as read
-    changes = page_changes(conn, page, (at, run_id) if marked else None)
+    changes = page_changes(conn, page, (at, run_id) if marked else None, to_write=True)
     ids = _insert_new(conn, changes, run_id, at)
     if changes.seen_ids and not marked:
         conn.execute(
