@@ -39,6 +39,8 @@ from etl.sync import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_SIGTERM, RunRes
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from etl.metrics import Metrics
+
 F = Callable[..., Any]
 log = logging.getLogger("etl.cli")
 
@@ -204,22 +206,59 @@ def stop_on_signals() -> Iterator[threading.Event]:
         yield stop
         return
 
+    overdue: list[threading.Timer] = []
+
     def handler(signum: int, _frame: Any) -> None:
         log.warning("%s: stopping after the page in flight", signal.Signals(signum).name)
         stop.set()
+        if not overdue:
+            overdue.append(exit_when_overdue())
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield stop
     finally:
+        for timer in overdue:
+            timer.cancel()
         for sig, old in previous.items():
             signal.signal(sig, old)
 
 
-def _exit_when_stuck(seconds: float) -> None:
+# After SIGTERM or Ctrl-C the page in flight gets this long to end (a request's retries are
+# cut short by the stop; one read waits at most 60 s), well within systemd's TimeoutStopSec
+# of 120 s: past it, a statement is waiting on a database that does not answer.
+STOP_GRACE = 60.0
+
+
+def exit_when_overdue(grace: float = STOP_GRACE) -> threading.Timer:
+    """A started daemon timer that ends the process with 143 after ``grace`` seconds."""
+
+    def overdue() -> None:
+        log.critical(
+            "still not stopped %.0f s after the signal: the database does not answer; "
+            "exiting (status %d), the next run marks this one abandoned",
+            grace,
+            EXIT_SIGTERM,
+        )
+        logging.shutdown()
+        os._exit(EXIT_SIGTERM)
+
+    timer = threading.Timer(grace, overdue)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _exit_when_stuck(
+    seconds: float, metrics: Metrics | None = None, metrics_file: Path | None = None
+) -> None:
     """A run whose database stopped answering cannot stop (its statements wait for ever):
     end the process, so that systemd (Restart=on-failure) or the next cron run starts
-    afresh; the next run marks this one abandoned."""
+    afresh; the next run marks this one abandoned. The metrics say so first."""
+    if metrics is not None or metrics_file is not None:
+        from etl.metrics import Metrics, record_unanswered
+
+        record_unanswered(metrics or Metrics(), metrics_file)
     log.critical("exiting (status %d) so that the process can be started afresh", EXIT_FAILED)
     logging.shutdown()
     os._exit(EXIT_FAILED)
@@ -311,7 +350,7 @@ def sync(
                 accept_removals=accepted,
                 stop=stop,
                 on_page=progress.on_page if progress else None,
-                on_stuck=_exit_when_stuck,
+                on_stuck=functools.partial(_exit_when_stuck, metrics_file=metrics_file),
             ).run()
     finally:
         if metrics_file is not None:
@@ -363,7 +402,13 @@ def schedule(
                     [f"--metrics-port {metrics_port}: cannot listen on {metrics_host}: {exc}"]
                 ) from None
         scheduler = SyncScheduler(
-            settings, metrics=metrics, metrics_file=metrics_file, on_stuck=_exit_when_stuck
+            settings,
+            metrics=metrics,
+            metrics_file=metrics_file,
+            on_stuck=functools.partial(
+                _exit_when_stuck, metrics=metrics, metrics_file=metrics_file
+            ),
+            on_signal=lambda: exit_when_overdue(),
         )
         scheduler.run_forever(run_now=run_now)
     finally:

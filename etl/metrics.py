@@ -259,6 +259,20 @@ def write_file(path: str | Path, database_url: str, result: RunResult | None, ou
             engine.dispose()
 
 
+def record_unanswered(metrics: Metrics, path: str | Path | None) -> None:
+    """Before a process exits because its database stopped answering: the attempt is an
+    ``error`` and the database is down, without asking it (that would hang); written to
+    ``path`` when given. Never raises."""
+    try:
+        metrics.record(None, None, "error", datetime.now(UTC))
+        with metrics._lock:
+            metrics.database_up.set(0)
+        if path is not None:
+            metrics.write(path)
+    except Exception as exc:  # the process is about to exit: say why the file is old
+        log.error("could not write the metrics file %s: %s", path, exc)
+
+
 def outcome_of(result: RunResult | None, exc: BaseException | None) -> str:
     """A sync attempt's outcome: its run status, ``skipped`` (lock held) or ``error``."""
     if result is not None:

@@ -51,11 +51,13 @@ class SyncScheduler:
         metrics: Metrics | None = None,
         metrics_file: Path | None = None,
         on_stuck: Callable[[float], None] | None = None,
+        on_signal: Callable[[], object] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.metrics_file = metrics_file
         self.on_stuck = on_stuck  # see Sync
+        self.on_signal = on_signal  # called once, on the first SIGTERM / SIGINT
         self.trigger, self.grace = make_trigger(settings.schedule)
         self.scheduler = BlockingScheduler(timezone=UTC)
         self.outcomes: deque[str] = deque(maxlen=100)  # the latest runs' outcomes, bounded
@@ -209,7 +211,10 @@ class SyncScheduler:
             return {}
 
         def handler(signum: int, _frame: FrameType | None) -> None:
+            first = self.stopped_by is None
             self.stopped_by = signal.Signals(signum).name
             self.close(self.stopped_by)
+            if first and self.on_signal is not None:
+                self.on_signal()
 
         return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}

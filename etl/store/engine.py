@@ -105,6 +105,12 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             "charset": "utf8mb4",
             "init_command": f"SET SESSION sql_mode='{MYSQL_SQL_MODE}', time_zone='+00:00'",
         }
+        # PyMySQL waits for ever for an answer by default, its handshake's included (its
+        # connect_timeout covers only the TCP connect): a server that stops answering hung
+        # even `status`. No statement of numbers-etl takes minutes; the URL's values win.
+        for option, value in _PYMYSQL_DEFAULTS.items():
+            if option not in parsed.query:
+                kwargs["connect_args"][option] = value
     elif backend == "postgresql":
         # psycopg prepares a statement on the server after 5 runs, and PostgreSQL then keeps
         # a generic plan chosen while `numbers` was still small: a sequential scan that made
@@ -125,6 +131,7 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     return create_engine(url, **kwargs)
 
 
+_PYMYSQL_DEFAULTS = {"connect_timeout": 15, "read_timeout": 120, "write_timeout": 120}
 _LIBPQ_DEFAULTS = {
     "connect_timeout": 15,
     "keepalives": 1,

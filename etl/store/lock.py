@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, or_, select, text, update
+from sqlalchemy.exc import OperationalError
 
 from etl.errors import LockHeld
 from etl.store.engine import begin_write
@@ -64,6 +65,19 @@ def holder_name() -> str:
     """``host:pid:random:pid-space``, shown to whoever finds the lock held."""
     host = socket.gethostname()[:160]
     return f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}:{_pid_space()}"
+
+
+# How long acquire waits for the lock's row, locked by another session, on PostgreSQL (whose
+# default is for ever); a holder closing a country keeps it only for its commit.
+ACQUIRE_WAIT = 30
+
+
+def _lock_wait_timed_out(exc: OperationalError) -> bool:
+    """PostgreSQL's lock_timeout (55P03) or MySQL's lock wait timeout (1205)."""
+    orig = exc.orig
+    return getattr(orig, "sqlstate", None) == "55P03" or (
+        bool(getattr(orig, "args", None)) and orig.args[0] == 1205  # type: ignore[union-attr]
+    )
 
 
 # A lock whose refreshes have all failed (or hung) for its ttl and this grace after it: the
@@ -125,8 +139,23 @@ class DatabaseLock:
 
     def acquire(self) -> None:
         """Take the lock or raise LockHeld naming the holder and when its lock expires."""
+        try:
+            self._acquire()
+        except OperationalError as exc:
+            if not _lock_wait_timed_out(exc):
+                raise
+            raise LockHeld(
+                "the sync lock's row stayed locked by another database session (a sync "
+                "closing a country, or a transaction left open) for longer than the database "
+                f"waits for a row ({ACQUIRE_WAIT} s on PostgreSQL, innodb_lock_wait_timeout "
+                "on MySQL)"
+            ) from None
+
+    def _acquire(self) -> None:
         c = sync_lock.c
         with begin_write(self.engine) as conn:
+            if conn.dialect.name == "postgresql":  # (MySQL: innodb_lock_wait_timeout)
+                conn.execute(text(f"SET LOCAL lock_timeout = '{ACQUIRE_WAIT}s'"))
             now = self._now(conn)
             take = update(sync_lock).values(
                 holder=self.holder,
