@@ -235,13 +235,9 @@ def exit_when_overdue(grace: float = STOP_GRACE) -> threading.Timer:
 
     def overdue() -> None:
         log.critical(
-            "still not stopped %.0f s after the signal: the database does not answer; "
-            "exiting (status %d), the next run marks this one abandoned",
-            grace,
-            EXIT_SIGTERM,
+            "still not stopped %.0f s after the signal: the database does not answer", grace
         )
-        logging.shutdown()
-        os._exit(EXIT_SIGTERM)
+        _exit_now(EXIT_SIGTERM)
 
     timer = threading.Timer(grace, overdue)
     timer.daemon = True
@@ -259,9 +255,19 @@ def _exit_when_stuck(
         from etl.metrics import Metrics, record_unanswered
 
         record_unanswered(metrics or Metrics(), metrics_file)
-    log.critical("exiting (status %d) so that the process can be started afresh", EXIT_FAILED)
+    _exit_now(EXIT_FAILED)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process from any thread, its run left for the next one to mark abandoned (a
+    statement waits on the database, so the run cannot end the ordinary way)."""
+    log.critical(
+        "exiting (status %d) so that the process can be started afresh; the next run marks "
+        "this one abandoned",
+        code,
+    )
     logging.shutdown()
-    os._exit(EXIT_FAILED)
+    os._exit(code)
 
 
 def _country_list(values: tuple[str, ...]) -> list[str]:

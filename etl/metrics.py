@@ -154,6 +154,12 @@ class Metrics:
             self._apply(snapshot)
             self.database_up.set(1)
 
+    def record_unanswered(self, at: datetime) -> None:
+        """An attempt ended because the database stopped answering (it is not asked)."""
+        self.record(None, None, "error", at)
+        with self._lock:
+            self.database_up.set(0)
+
     def _apply(self, snapshot: _Snapshot) -> None:
         if not snapshot.has_runs:
             self.last_success.set(0)  # a new database: no runs yet
@@ -264,9 +270,7 @@ def record_unanswered(metrics: Metrics, path: str | Path | None) -> None:
     ``error`` and the database is down, without asking it (that would hang); written to
     ``path`` when given. Never raises."""
     try:
-        metrics.record(None, None, "error", datetime.now(UTC))
-        with metrics._lock:
-            metrics.database_up.set(0)
+        metrics.record_unanswered(datetime.now(UTC))
         if path is not None:
             metrics.write(path)
     except Exception as exc:  # the process is about to exit: say why the file is old

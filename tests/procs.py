@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -216,3 +216,19 @@ class TcpProxy:
         for one in (a, b):
             with contextlib.suppress(OSError):
                 one.shutdown(socket.SHUT_RDWR)
+
+
+@contextlib.contextmanager
+def proxy_to(db_url: str) -> Iterator[tuple[TcpProxy, str]]:
+    """A TcpProxy (up) to the server of ``db_url``, and the URL that goes through it."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db_url)
+    proxy = TcpProxy(url.port or (5432 if url.get_backend_name() == "postgresql" else 3306))
+    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    proxy.up()
+    try:
+        yield proxy, proxied
+    finally:
+        proxy.frozen.clear()
+        proxy.down()

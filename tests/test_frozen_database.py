@@ -9,13 +9,10 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from etl.simulator import Simulator
 from etl.store.engine import make_engine
@@ -25,6 +22,7 @@ from tests.procs import (
     Output,
     TcpProxy,
     etl_process,
+    proxy_to,
     run_etl,
     running_with_pages,
     stop,
@@ -32,17 +30,12 @@ from tests.procs import (
 )
 
 
-@contextmanager
-def proxy_to(db_url: str) -> Iterator[tuple[TcpProxy, str]]:
-    url = make_url(db_url)
-    proxy = TcpProxy(url.port or (5432 if url.get_backend_name() == "postgresql" else 3306))
-    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    proxy.up()
-    try:
-        yield proxy, proxied
-    finally:
-        proxy.frozen.clear()
-        proxy.down()
+def freeze_then_sigterm(proxy: TcpProxy, proc: subprocess.Popen[str]) -> int | None:
+    """Freeze the database, SIGTERM the process 2 s later: its exit code (None: running)."""
+    proxy.frozen.set()
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    return ended(proc, 150)
 
 
 def ended(proc: subprocess.Popen[str], timeout: float = DEADLINE) -> int | None:
@@ -89,10 +82,7 @@ def test_a_dry_run_on_a_database_that_freezes_stops_on_sigterm(
         try:
             time.sleep(3)  # reading the history page by page
             assert proc.poll() is None
-            proxy.frozen.set()
-            time.sleep(2)
-            proc.send_signal(signal.SIGTERM)
-            code = ended(proc, 150)
+            code = freeze_then_sigterm(proxy, proc)
         finally:
             simulator.faults.set_latency(0)
             stop(proc)
@@ -112,10 +102,7 @@ def test_sigterm_while_the_database_is_frozen_ends_sync_before_systemd_kills_it(
         output = Output(proc)
         try:
             wait_for(lambda: running_with_pages(db_url), "a page")
-            proxy.frozen.set()
-            time.sleep(2)
-            proc.send_signal(signal.SIGTERM)
-            code = ended(proc, 150)
+            code = freeze_then_sigterm(proxy, proc)
         finally:
             simulator.faults.set_latency(0)
             stop(proc)

@@ -17,7 +17,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, select
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.engine import Dialect
 
 from etl.metrics import Metrics
 from etl.scheduler import SyncScheduler, make_trigger
@@ -28,8 +28,8 @@ from etl.store.schema import sync_lock
 from tests.conftest import make_settings, sim_env
 from tests.procs import (
     Output,
-    TcpProxy,
     etl_process,
+    proxy_to,
     running_with_pages,
     runs_of,
     signal_after_first_page,
@@ -271,31 +271,25 @@ def test_a_database_cut_during_a_run_does_not_lock_the_scheduler_out(
 ) -> None:
     # the run fails and cannot release its lock; when the database is back, the same
     # process found "another sync is running (itself)" until lock_ttl_seconds had passed
-    url = make_url(db_url)
-    proxy = TcpProxy(url.port or 5432)
-    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    proxy.up()
     simulator.faults.set_latency(0.1)
-    scheduler = SyncScheduler(make_settings(simulator, proxied, page_size=10, schedule="1d"))
-    cutter = threading.Thread(
-        target=lambda: (wait_for(lambda: running_with_pages(db_url), "a page"), proxy.down())
-    )
-    cutter.start()
-    try:
-        assert scheduler.run_once() == "error"
-    finally:
-        cutter.join()
-        proxy.up()
-    simulator.faults.set_latency(0)
-    try:
+    with proxy_to(db_url) as (proxy, proxied):
+        scheduler = SyncScheduler(make_settings(simulator, proxied, page_size=10, schedule="1d"))
+        cutter = threading.Thread(
+            target=lambda: (wait_for(lambda: running_with_pages(db_url), "a page"), proxy.down())
+        )
+        cutter.start()
+        try:
+            assert scheduler.run_once() == "error"
+        finally:
+            cutter.join()
+            proxy.up()
+        simulator.faults.set_latency(0)
         engine = make_engine(db_url)
         with engine.connect() as conn:
             left = conn.execute(select(sync_lock.c.holder)).scalar()
         engine.dispose()
         assert left is not None  # the cut run's lock is still in its row
         assert scheduler.run_once() == "succeeded"
-    finally:
-        proxy.down()
     statuses = [r.status for r in runs_of(db_url)]
     assert statuses == ["abandoned", "succeeded"]
 
@@ -308,23 +302,18 @@ def test_a_database_that_stops_answering_ends_the_process(
     # run's statements wait for ever, and SIGTERM cannot stop them. Once the lock has expired
     # the process exits 1, for systemd (Restart=on-failure) or the next cron run to start
     # afresh, instead of hanging with its metrics saying all is well.
-    url = make_url(db_url)
-    proxy = TcpProxy(url.port or (5432 if url.get_backend_name() == "postgresql" else 3306))
-    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    proxy.up()
     simulator.faults.set_latency(0.1)
-    env = sim_env(simulator, proxied, page_size=10, schedule="1d", lock_ttl_seconds=10)
-    proc = etl_process(["schedule", "--run-now"], env, tmp_path)
-    output = Output(proc)
-    try:
-        wait_for(lambda: running_with_pages(db_url), "a page")
-        proxy.frozen.set()
-        proc.wait(timeout=150)
-        err = output.text()
-    finally:
-        stop(proc)
-        proxy.frozen.clear()
-        proxy.down()
+    with proxy_to(db_url) as (proxy, proxied):
+        env = sim_env(simulator, proxied, page_size=10, schedule="1d", lock_ttl_seconds=10)
+        proc = etl_process(["schedule", "--run-now"], env, tmp_path)
+        output = Output(proc)
+        try:
+            wait_for(lambda: running_with_pages(db_url), "a page")
+            proxy.frozen.set()
+            proc.wait(timeout=150)
+            err = output.text()
+        finally:
+            stop(proc)
     assert proc.returncode == 1, err
     assert "the database has not answered for " in err
     assert "exiting (status 1) so that the process can be started afresh" in err

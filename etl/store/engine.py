@@ -101,16 +101,11 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     kwargs["max_overflow"] = 4
     if backend in ("mysql", "mariadb"):  # mysql+pymysql:// or mariadb+pymysql://
         kwargs["isolation_level"] = "READ COMMITTED"
-        kwargs["connect_args"] = {
+        connect_args: dict[str, Any] = {
             "charset": "utf8mb4",
             "init_command": f"SET SESSION sql_mode='{MYSQL_SQL_MODE}', time_zone='+00:00'",
         }
-        # PyMySQL waits for ever for an answer by default, its handshake's included (its
-        # connect_timeout covers only the TCP connect): a server that stops answering hung
-        # even `status`. No statement of numbers-etl takes minutes; the URL's values win.
-        for option, value in _PYMYSQL_DEFAULTS.items():
-            if option not in parsed.query:
-                kwargs["connect_args"][option] = value
+        waits = _PYMYSQL_WAITS
     elif backend == "postgresql":
         # psycopg prepares a statement on the server after 5 runs, and PostgreSQL then keeps
         # a generic plan chosen while `numbers` was still small: a sequential scan that made
@@ -120,19 +115,23 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         given = parsed.query.get("options")  # the URL's own (?options=-c search_path=...)
         if given:
             options += " " + (given if isinstance(given, str) else " ".join(given))
-        connect_args: dict[str, Any] = {"options": options}
-        # libpq waits for ever by default: for a connection that cannot be made, and (TCP
-        # keepalive after two idle hours) for a server that vanished from the network.
-        # The URL's own values win.
-        for option, value in _LIBPQ_DEFAULTS.items():
-            if option not in parsed.query:
-                connect_args[option] = value
-        kwargs["connect_args"] = connect_args
+        connect_args = {"options": options}
+        waits = _LIBPQ_WAITS
+    else:
+        return create_engine(url, **kwargs)
+    # How long to wait for the server, unless the URL says: both drivers wait for ever by
+    # default, and a server that stopped answering hung even `status`.
+    connect_args.update({k: v for k, v in waits.items() if k not in parsed.query})
+    kwargs["connect_args"] = connect_args
     return create_engine(url, **kwargs)
 
 
-_PYMYSQL_DEFAULTS = {"connect_timeout": 15, "read_timeout": 120, "write_timeout": 120}
-_LIBPQ_DEFAULTS = {
+# PyMySQL's connect_timeout covers only the TCP connect; read_timeout bounds its handshake
+# and every answer (no statement of numbers-etl takes minutes).
+_PYMYSQL_WAITS = {"connect_timeout": 15, "read_timeout": 120, "write_timeout": 120}
+# libpq: a connection that cannot be made, and (TCP keepalive, else after two idle hours) a
+# server that vanished from the network.
+_LIBPQ_WAITS = {
     "connect_timeout": 15,
     "keepalives": 1,
     "keepalives_idle": 30,
