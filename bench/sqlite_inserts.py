@@ -8,10 +8,11 @@ transaction per page, on a fresh file for each form:
 - bare ``sqlite3``: an ``executemany`` per page (no ids back);
 - bare ``sqlite3``: one ``INSERT ... SELECT`` from a JSON list of rows (``json_each``),
   returning the ids;
-- the sync's own statement for it, through SQLAlchemy (the same JSON form).
+- the sync's own insert for it (``_RowsInsert``: the multi-row ``VALUES`` form, through
+  SQLAlchemy's connection as the driver's own SQL).
 
-The sync uses the last one. bench/RESULTS.md quotes these figures to show what handing the
-driver flat rows instead of JSON would save.
+The sync used the JSON form until 27 November; bench/RESULTS.md quotes these figures for
+what handing the driver flat rows instead saved.
 
 Run:  .venv/bin/python bench/sqlite_inserts.py [--pages 2000]"""
 
@@ -69,8 +70,7 @@ def bare(path: Path) -> sqlite3.Connection:
 
 def flat_row(item: StockItem, at: str) -> tuple[Any, ...]:
     """A row as SQLite takes it: the values the sync binds (a Decimal as its text)."""
-    values = _new_varying(item)
-    return (*values[:-4], str(values[-4]), *values[-3:], at, at, 1, 0)
+    return (*_new_varying(item, str), at, at, 1, 0)
 
 
 def run_values(path: Path, pages: list[list[StockItem]], at: str) -> None:
@@ -106,7 +106,7 @@ def run_json(path: Path, pages: list[list[StockItem]], at: str) -> None:
     encode = _ListParam().process_bind_param
     dialect = sqlite3_dialect()
     for page in pages:
-        rows = encode([_new_varying(item) for item in page], dialect)
+        rows = encode([_new_varying(item, str) for item in page], dialect)
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(sql, (at, at, 1, rows)).fetchall()
         conn.execute("COMMIT")
@@ -121,9 +121,8 @@ def run_sync_statement(path: Path, pages: list[list[StockItem]], at: str) -> Non
     with engine.connect() as conn:
         for page in pages:
             with conn.begin():
-                params = insert.params([_new_varying(item) for item in page])
-                params.update(new_at=moment, new_run_id=1)
-                conn.execute(insert.statement, params).all()
+                rows = [_new_varying(item, insert.money) for item in page]
+                insert.execute(conn, rows, (moment, moment, 1, 0))
     engine.dispose()
 
 
@@ -135,7 +134,7 @@ FORMS: Sequence[tuple[str, Callable[[Path, list[list[StockItem]], str], None]]] 
     ("bare sqlite3: multi-row VALUES ... RETURNING", run_values),
     ("bare sqlite3: executemany (no ids back)", run_executemany),
     ("bare sqlite3: INSERT ... SELECT from json_each ... RETURNING", run_json),
-    ("the sync's statement through SQLAlchemy (json_each)", run_sync_statement),
+    ("the sync's insert (multi-row VALUES through SQLAlchemy's connection)", run_sync_statement),
 )
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -10,11 +11,12 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, event, select, text
 
 from etl.config import Settings
 from etl.errors import AuthError, LockHeld
 from etl.records import Page, Price, Rejection, Scope, StockItem
+from etl.store.diff import attribute_values, price_values
 from etl.store.lock import DatabaseLock
 from etl.store.schema import number_events, numbers, sync_scopes
 from etl.sync import RunResult, Sync
@@ -428,3 +430,77 @@ def test_the_urls_own_postgresql_options_are_kept(engine: Engine) -> None:
         assert (name, zone) == ("from-the-url", "UTC")
     finally:
         pg.dispose()
+
+
+def test_a_pages_rows_are_stored_as_sqlalchemys_own_insert_stores_them(engine: Engine) -> None:
+    """The page inserts bypass SQLAlchemy's per-row processing (PostgreSQL: arrays; SQLite:
+    plain values as the driver's own SQL). What they store, read back raw, is exactly what
+    SQLAlchemy's own insert of the same values stores: the same text for a timestamp on a
+    whole second (SQLite keeps its microseconds), the same price, the same booleans."""
+    x, y = "+31205550000", "+31205550001"
+    odd = StockItem(
+        x,
+        "a",
+        "NL",
+        "mobile",
+        (("sms_inbound", True), ("voice_inbound", False)),
+        Price("EUR", 1234567, -4),
+        True,
+        "bo-1",
+    )
+    result = run(engine, cfg(), {"NL": page("NL", T0, [odd])})
+    with engine.begin() as conn:
+        number_id = conn.execute(
+            numbers.insert().returning(numbers.c.id),
+            {
+                "number": y,
+                **attribute_values(odd),
+                **price_values(odd.price),
+                "first_seen_at": T0,
+                "last_seen_at": T0,
+                "last_seen_run_id": result.run_id,
+                "missed_runs": 0,
+            },
+        ).scalar_one()
+        conn.execute(
+            number_events.insert(),
+            {"number_id": number_id, "run_id": result.run_id, "occurred_at": T0, "event": "listed"},
+        )
+    columns = ", ".join(c.name for c in numbers.c if c.name not in ("id", "number"))
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(f"SELECT {columns} FROM numbers ORDER BY number")  # raw, as stored
+        ).all()
+        events = conn.execute(
+            text("SELECT run_id, occurred_at, event, detail FROM number_events ORDER BY number_id")
+        ).all()
+    assert len(rows) == 2
+    assert rows[0] == rows[1]
+    assert len(events) == 2
+    assert events[0] == events[1]
+
+
+def test_a_page_longer_than_one_statement_can_carry_is_written_whole(engine: Engine) -> None:
+    """Bird's pages hold 99 items, but nothing here relies on it: a page of 1,500 new
+    numbers is stored whole, each number with its own id and its own `listed` event. On
+    SQLite, whose connections here bind at most 999 values a statement (SQLite's old
+    default; builds differ), that takes many statements."""
+    if engine.dialect.name == "sqlite":
+        event.listen(
+            engine,
+            "connect",
+            lambda dbapi_conn, _record: dbapi_conn.setlimit(
+                sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999
+            ),
+        )
+        engine.dispose()  # connections from now on have the limit
+    page_items = [item(f"+3120{n:07d}") for n in range(1500)]
+    result = run(engine, cfg(), {"NL": page("NL", T0, page_items)})
+    assert result.total("listed") == 1500
+    with engine.connect() as conn:
+        listed = conn.execute(
+            select(numbers.c.number, number_events.c.event)
+            .join(number_events, number_events.c.number_id == numbers.c.id)
+            .order_by(numbers.c.number)
+        ).all()
+    assert listed == [(i.number, "listed") for i in page_items]

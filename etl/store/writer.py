@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from itertools import chain
 from typing import Any
 
 import msgspec
@@ -26,6 +28,7 @@ from sqlalchemy import (
     any_,
     bindparam,
     case,
+    cast,
     func,
     insert,
     literal,
@@ -34,9 +37,9 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.sql.selectable import FromClause
-from sqlalchemy.types import Integer, Numeric, String, TypeDecorator
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.types import Integer, Numeric, String, TypeDecorator, TypeEngine
 
 from etl.records import Page, Rejection, Scope, StockItem
 from etl.store.diff import (
@@ -63,13 +66,15 @@ from etl.store.schema import (
 from etl.store.types import Money, UTCDateTime
 
 MAX_PAYLOAD_CHARS = 16000
+_SQLITE = sqlite.dialect()  # SQLite's binding and quoting, for the SQL written here
 _JSON = msgspec.json.Encoder()
 _UPDATE_COLUMNS = (*TRACKED_FIELDS, "monthly_price", "currency", "price_amount", "price_exponent")
 
 
 class _ListParam(TypeDecorator[list[Any]]):
-    """A list bound as one JSON text, for SQLite's ``json_each``. Its items may be rows (lists
-    of values); a Decimal goes as its ``str``, as ``Money`` binds it on SQLite."""
+    """A list bound as one JSON text: SQLite's ``json_each`` reads a page's numbers from it,
+    PostgreSQL's ``jsonb_array_elements`` a page's new rows (lists of values). A Decimal
+    goes as its text, which PostgreSQL's ``numeric`` reads exactly."""
 
     impl = String
     cache_ok = True
@@ -109,9 +114,9 @@ class _PageStatements:
     # The read that marks the page's numbers seen as it reads them (UPDATE ... RETURNING,
     # where the database has it; MySQL and MariaDB do not): a statement fewer a page.
     seen_read: Update | None
-    # A page's new numbers (returning their ids) and its events, each in one INSERT ...
-    # SELECT of rows bound at once (see _RowsInsert), where the database can: PostgreSQL,
-    # and SQLite (new numbers only from 3.35, which has RETURNING).
+    # A page's new numbers (returning their ids) and its events, each in one INSERT of rows
+    # bound at once (see _RowsInsert), where the database can: PostgreSQL, and SQLite (new
+    # numbers only from 3.35, which has RETURNING).
     new_numbers: _RowsInsert | None
     events: _RowsInsert | None
 
@@ -172,110 +177,135 @@ _NEW_VARYING = (
 )
 
 
-def _new_varying(item: StockItem) -> tuple[Any, ...]:
+def _new_varying(item: StockItem, money: Callable[[Decimal], Any]) -> tuple[Any, ...]:
     price = item.price
     return (
         item.number,
         *attribute_tuple(item),
-        price.value,
+        money(price.value),
         price.currency,
         price.amount,
         price.exponent,
     )
 
 
-@dataclass(frozen=True)
 class _RowsInsert:
-    """An INSERT ... SELECT of many rows bound in one go: on PostgreSQL as one array per
-    column (``unnest``), on SQLite as one JSON list of rows (``json_each``). An executemany
-    is a statement a row on PostgreSQL's server, and on SQLite SQLAlchemy processes every
-    row's parameters in Python: for a first sync's 99 new numbers and 99 events a page,
-    those were the two costliest parts of a page on either database."""
+    """An INSERT of a page's rows bound in one go, in the form each database takes fastest.
 
-    statement: Insert
-    columns: tuple[str, ...]
-    prefix: str
-    by_column: bool
+    - PostgreSQL: an INSERT ... SELECT from one JSON list of the rows
+      (``jsonb_array_elements``), each value cast to its column's type. An executemany is a
+      statement a row on the server; one array per column (``unnest``), as before, cost
+      the sync's process a quarter of its time in psycopg dumping every value in Python.
+    - SQLite: a multi-row ``VALUES`` of plain values, run as the driver's own SQL. Taking
+      the values out of one JSON text (``json_each``), as before, cost SQLite more than a
+      third of the insert; SQLAlchemy's own multi-row insert processes every value in
+      Python (``bench/sqlite_inserts.py`` measures the forms).
 
-    def params(self, rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
-        """The parameters that carry ``rows`` (tuples in ``columns`` order, at least one)."""
-        if self.by_column:
-            by_column = zip(*rows, strict=True)
-            return {
-                f"{self.prefix}{c}": list(v) for c, v in zip(self.columns, by_column, strict=True)
-            }
-        return {f"{self.prefix}rows": rows}
+    For a first sync's 99 new numbers and 99 events a page, these are the two costliest
+    statements of a page on either database. ``varying``: the columns whose values each
+    row brings, in row order; ``constant``: the columns that every row of the page shares,
+    with one value each."""
 
-
-def _array_of(column: Column[Any]) -> ARRAY[Any]:
-    """The array type a column's values go in. Strings and decimals without a length or
-    scale: a cast to ``varchar(n)`` would cut a longer value short without an error, where
-    the insert into the column refuses it, as an executemany's did."""
-    if isinstance(column.type, String):
-        return ARRAY(String())
-    if isinstance(column.type, Money):
-        return ARRAY(Numeric())
-    return ARRAY(column.type)
-
-
-def _rows(dialect: str, table: Table, columns: Sequence[str], prefix: str) -> FromClause:
-    """The rows of a _RowsInsert as a FROM clause with one column per name in ``columns``.
-
-    SQLite: each value comes out of the JSON as the same SQL value its binding would give
-    (text, integer, NULL; true/false as 1/0, as SQLAlchemy binds booleans; a Decimal as
-    its text, which the column's numeric affinity converts as it converts a bound one)."""
-    if dialect == "postgresql":
-        arrays = (bindparam(f"{prefix}{c}", type_=_array_of(table.c[c])) for c in columns)
-        return func.unnest(*arrays).table_valued(*columns).render_derived()
-    each = func.json_each(bindparam(f"{prefix}rows", type_=_ListParam())).table_valued("value")
-    return (
-        select(
-            *(
-                func.json_extract(each.c.value, literal_column(f"'$[{i}]'")).label(c)
-                for i, c in enumerate(columns)
+    def __init__(
+        self,
+        dialect: str,
+        table: Table,
+        varying: tuple[str, ...],
+        constant: tuple[str, ...],
+        returning: tuple[str, ...] = (),
+    ) -> None:
+        assert dialect in ("postgresql", "sqlite"), dialect
+        self.table = table
+        self.varying = varying
+        self.constant = constant
+        self.returning = returning
+        self.statement: Insert | None = None
+        if dialect == "postgresql":
+            each = func.jsonb_array_elements(
+                cast(bindparam("rows", type_=_ListParam()), JSONB)
+            ).table_valued("value")
+            values = (
+                cast(each.c.value.op("->>")(literal_column(str(i))), _json_cast(table.c[c]))
+                for i, c in enumerate(varying)
             )
+            shared = (bindparam(f"c_{c}", type_=table.c[c].type) for c in constant)
+            self.statement = insert(table).from_select(
+                [*varying, *constant], select(*values, *shared).select_from(each)
+            )
+            if returning:
+                self.statement = self.statement.returning(*(table.c[c] for c in returning))
+        # SQLite: each constant's value as SQLAlchemy binds it there (the type as adapted to
+        # the dialect: a timestamp's text is SQLite's DATETIME's, microseconds always shown)
+        self.processors = tuple(
+            table.c[c].type.dialect_impl(_SQLITE).bind_processor(_SQLITE) for c in constant
         )
-        .select_from(each)
-        .subquery()
-    )
+        self.values_sql = functools.lru_cache(maxsize=4)(self._values_sql)
+
+    def money(self, value: Decimal) -> Any:
+        """A Decimal of ``varying`` as the driver takes it: itself, or on SQLite its text
+        (as ``Money`` binds it there; the column's numeric affinity converts it)."""
+        return value if self.statement is not None else str(value)
+
+    def execute(
+        self, conn: Connection, rows: Sequence[Sequence[Any]], constants: Sequence[Any]
+    ) -> list[Any]:
+        """Insert ``rows`` (tuples in ``varying`` order), each with the ``constants`` (in
+        ``constant`` order); return the rows of ``returning``."""
+        if self.statement is not None:
+            params: dict[str, Any] = {"rows": rows}
+            params.update((f"c_{c}", v) for c, v in zip(self.constant, constants, strict=True))
+            result = conn.execute(self.statement, params)
+            return list(result.all()) if self.returning else []
+        shared = tuple(
+            value if process is None else process(value)
+            for process, value in zip(self.processors, constants, strict=True)
+        )
+        # rows a statement can carry: SQLite binds at most so many values (by default
+        # 32,766; 999 before 3.32; builds differ)
+        driver = conn.connection.driver_connection
+        assert isinstance(driver, sqlite3.Connection)
+        most = driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        size = max(1, most // (len(self.varying) + len(self.constant)))
+        returned: list[Any] = []
+        for start in range(0, len(rows), size):
+            chunk = rows[start : start + size]
+            values = tuple(chain.from_iterable(tuple(row) + shared for row in chunk))
+            result = conn.exec_driver_sql(self.values_sql(len(chunk)), values)
+            if self.returning:
+                returned.extend(result.all())
+        return returned
+
+    def _values_sql(self, count: int) -> str:
+        quote = _SQLITE.identifier_preparer.quote
+        names = ", ".join(quote(c) for c in (*self.varying, *self.constant))
+        row = "(" + ", ".join("?" * (len(self.varying) + len(self.constant))) + ")"
+        returning = ", ".join(quote(c) for c in self.returning)
+        table = _SQLITE.identifier_preparer.format_table(self.table)
+        return f"INSERT INTO {table} ({names}) VALUES {', '.join([row] * count)}" + (
+            f" RETURNING {returning}" if returning else ""
+        )
+
+
+def _json_cast(column: Column[Any]) -> TypeEngine[Any]:
+    """The type a column's value is cast to from its JSON text. Strings and decimals
+    without a length or scale: a cast to ``varchar(n)`` would cut a longer value short
+    without an error, where the insert into the column refuses it."""
+    if isinstance(column.type, String):
+        return String()
+    if isinstance(column.type, Money):
+        return Numeric()
+    return column.type
 
 
 def _numbers_from_rows(dialect: str) -> _RowsInsert:
-    rows = _rows(dialect, numbers, _NEW_VARYING, "new_")
-    at = bindparam("new_at", type_=UTCDateTime())
-    statement = (
-        insert(numbers)
-        .from_select(
-            [*_NEW_VARYING, "first_seen_at", "last_seen_at", "last_seen_run_id", "missed_runs"],
-            select(
-                *(rows.c[c] for c in _NEW_VARYING),
-                at,
-                at,
-                bindparam("new_run_id", type_=Integer()),
-                literal(0, Integer()),
-            ),
-        )
-        .returning(numbers.c.number, numbers.c.id)
-    )
-    return _RowsInsert(statement, _NEW_VARYING, "new_", dialect == "postgresql")
-
-
-_EVENT_VARYING = ("number_id", "event", "detail")
+    constant = ("first_seen_at", "last_seen_at", "last_seen_run_id", "missed_runs")
+    return _RowsInsert(dialect, numbers, _NEW_VARYING, constant, ("number", "id"))
 
 
 def _events_from_rows(dialect: str) -> _RowsInsert:
-    rows = _rows(dialect, number_events, _EVENT_VARYING, "event_")
-    statement = insert(number_events).from_select(
-        ["number_id", "run_id", "occurred_at", "event", "detail"],
-        select(
-            rows.c.number_id,
-            bindparam("event_run_id", type_=Integer()),
-            bindparam("event_at", type_=UTCDateTime()),
-            rows.c.event,
-            rows.c.detail,
-        ),
+    return _RowsInsert(
+        dialect, number_events, ("number_id", "event", "detail"), ("run_id", "occurred_at")
     )
-    return _RowsInsert(statement, _EVENT_VARYING, "event_", dialect == "postgresql")
 
 
 def _seen_at_least(name: str) -> ColumnElement[Any]:
@@ -466,9 +496,8 @@ def _insert_new(
     dialect = conn.dialect
     from_rows = _statements(dialect).new_numbers
     if from_rows is not None:
-        params = from_rows.params([_new_varying(item) for item in changes.new])
-        params.update(new_at=at, new_run_id=run_id)
-        return dict(conn.execute(from_rows.statement, params).all())
+        new = [_new_varying(item, from_rows.money) for item in changes.new]
+        return dict(from_rows.execute(conn, new, (at, at, run_id, 0)))
     rows = [
         {
             "number": item.number,
@@ -511,9 +540,7 @@ def _insert_events(
             return
     from_rows = _statements(conn.dialect).events
     if from_rows is not None:
-        params = from_rows.params([(ids[e.number], e.event, e.detail) for e in events])
-        params.update(event_run_id=run_id, event_at=at)
-        conn.execute(from_rows.statement, params)
+        from_rows.execute(conn, [(ids[e.number], e.event, e.detail) for e in events], (run_id, at))
         return
     conn.execute(
         _INSERT_EVENTS,
