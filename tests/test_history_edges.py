@@ -504,3 +504,32 @@ def test_a_page_longer_than_one_statement_can_carry_is_written_whole(engine: Eng
             .order_by(numbers.c.number)
         ).all()
     assert listed == [(i.number, "listed") for i in page_items]
+
+
+def test_a_changed_event_names_its_fields_alike_on_every_database(engine: Engine) -> None:
+    """The `changed` event's detail shows booleans as true/false and text as it is, however
+    the database returns them (SQLite's driver gives 0 and 1)."""
+    x = "+31205550000"
+
+    def listed(voice: bool, back_order: str | None) -> StockItem:
+        return StockItem(
+            x,
+            "a",
+            "NL",
+            "local",
+            (("sms_inbound", True), ("voice_inbound", voice)),
+            Price("EUR", 350, -2),
+            back_order is not None,
+            back_order,
+        )
+
+    run(engine, cfg(), {"NL": page("NL", T0, [listed(True, None)])})
+    run(engine, cfg(), {"NL": page("NL", T0 + HOUR, [listed(False, "bo-7")])})
+    with engine.connect() as conn:
+        details = conn.execute(
+            select(number_events.c.detail).where(number_events.c.event == "changed")
+        ).scalars()
+        assert list(details) == [
+            "voice_inbound: true -> false; back_order_required: false -> true; "
+            "back_order_stock_id: null -> bo-7"
+        ]

@@ -5,7 +5,7 @@ No I/O here: ``writer.py`` reads the rows these functions need and writes what t
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -212,10 +212,14 @@ def diff_rows(
     rows: Mapping[str, Sequence[Any]],
     items: Sequence[StockItem],
     rejected_numbers: Sequence[str] = (),
+    typed: Callable[[Sequence[Any]], Sequence[Any]] | None = None,
 ) -> PageChanges:
     """``diff_page`` on the database rows of the page's numbers (``StoredNumber.COLUMNS``
     order). Most numbers of a page are unchanged: one tuple comparison tells, and only the
-    others become StoredNumbers and go through ``diff_page``."""
+    others become StoredNumbers and go through ``diff_page``.
+
+    ``typed``: the rows are the driver's own (SQLite's booleans as 0 and 1, which compare
+    equal to an item's; ``removed_at`` as text), and this gives one its column types."""
     unchanged: list[int] = []
     rest: list[StockItem] = []
     for item in items:
@@ -225,7 +229,11 @@ def diff_rows(
         else:
             rest.append(item)
     wanted = {*(item.number for item in rest), *rejected_numbers}
-    existing = {n: StoredNumber.from_tuple(rows[n]) for n in wanted if n in rows}
+    existing = {
+        n: StoredNumber.from_tuple(rows[n] if typed is None else typed(rows[n]))
+        for n in wanted
+        if n in rows
+    }
     changes = diff_page(existing, rest, rejected_numbers)
     if unchanged:
         changes.seen_ids = sorted({*changes.seen_ids, *unchanged})

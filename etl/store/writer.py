@@ -98,6 +98,45 @@ def in_list(column: ColumnElement[Any], name: str, dialect: str) -> ColumnElemen
     return column.in_(bindparam(name, expanding=True))
 
 
+class _DriverSQL:
+    """A Core statement compiled once for SQLite and run as the driver's own SQL, for the
+    statements every page runs: SQLAlchemy's work around each execution (its cache key
+    and lookup, typing every value of every row returned) cost a page 100-170 us of the
+    read that marks its numbers seen, about a twentieth of a steady-state page (measured
+    in bench/RESULTS.md). Parameters are bound as SQLAlchemy binds them; rows come back as
+    the driver gives them (booleans as 0 and 1, timestamps as text), and ``typed`` gives
+    one the types SQLAlchemy would have."""
+
+    def __init__(self, statement: Update) -> None:
+        compiled = statement.compile(dialect=_SQLITE)
+        self.sql = compiled.string
+        self.compiled = compiled
+        self.names = tuple(compiled.positiontup or ())
+        self.processors = tuple(
+            compiled.binds[n].type.dialect_impl(_SQLITE).bind_processor(_SQLITE) for n in self.names
+        )
+        self.loaders = tuple(
+            column.type.dialect_impl(_SQLITE).result_processor(_SQLITE, None)
+            for column in statement.exported_columns
+        )
+
+    def execute(self, conn: Connection, params: dict[str, Any]) -> Any:
+        """The statement's result, as the driver returns it."""
+        bound = self.compiled.construct_params(params)
+        values = tuple(
+            bound[name] if process is None else process(bound[name])
+            for name, process in zip(self.names, self.processors, strict=True)
+        )
+        return conn.exec_driver_sql(self.sql, values)
+
+    def typed(self, row: Sequence[Any]) -> tuple[Any, ...]:
+        """A row of the result with the types SQLAlchemy gives its columns."""
+        return tuple(
+            value if load is None else load(value)
+            for load, value in zip(self.loaders, row, strict=True)
+        )
+
+
 @dataclass(frozen=True)
 class _PageStatements:
     """The statements of a page for one dialect, built once: building a statement costs more
@@ -114,6 +153,9 @@ class _PageStatements:
     # The read that marks the page's numbers seen as it reads them (UPDATE ... RETURNING,
     # where the database has it; MySQL and MariaDB do not): a statement fewer a page.
     seen_read: Update | None
+    # SQLite: seen_read and the page's counters as the driver's own SQL (see _DriverSQL)
+    seen_read_driver: _DriverSQL | None
+    count_page_driver: _DriverSQL | None
     # A page's new numbers (returning their ids) and its events, each in one INSERT of rows
     # bound at once (see _RowsInsert), where the database can: PostgreSQL, and SQLite (new
     # numbers only from 3.35, which has RETURNING).
@@ -146,6 +188,15 @@ def _statements_for(name: str, update_returning: bool, insert_returning: bool) -
     }
     stored = [numbers.c[name] for name in StoredNumber.COLUMNS]
     read = select(*stored).where(in_list(numbers.c.number, "page_numbers", name))
+    seen_read = (
+        update(numbers)
+        .where(in_list(numbers.c.number, "page_numbers", name))
+        .values(seen_values)
+        .returning(*stored)
+        if update_returning
+        else None
+    )
+    lite = name == "sqlite"
     return _PageStatements(
         read=read,
         read_to_write=read.with_for_update() if name in ("mysql", "mariadb") else read,
@@ -153,12 +204,9 @@ def _statements_for(name: str, update_returning: bool, insert_returning: bool) -
             in_list(numbers.c.number, "new_numbers", name)
         ),
         seen=update(numbers).where(in_list(numbers.c.id, "seen_ids", name)).values(seen_values),
-        seen_read=update(numbers)
-        .where(in_list(numbers.c.number, "page_numbers", name))
-        .values(seen_values)
-        .returning(*stored)
-        if update_returning
-        else None,
+        seen_read=seen_read,
+        seen_read_driver=_DriverSQL(seen_read) if lite and seen_read is not None else None,
+        count_page_driver=_DriverSQL(_COUNT_PAGE) if lite else None,
         new_numbers=_numbers_from_rows(name)
         if name == "postgresql" or (name == "sqlite" and insert_returning)
         else None,
@@ -379,7 +427,10 @@ def read_stored(
     """The stored rows (``StoredNumber.COLUMNS``) of the given numbers, in one statement.
     ``mark_seen`` (when, run id): the same statement marks them seen (only where the database
     has UPDATE ... RETURNING: ``_statements(dialect).seen_read``). ``to_write``: the caller
-    writes changes computed from them (``_PageStatements.read_to_write``)."""
+    writes changes computed from them (``_PageStatements.read_to_write``).
+
+    On SQLite, the rows of a read that marks them seen are the driver's own
+    (``_PageStatements.seen_read_driver``: its ``typed`` gives one SQLAlchemy's types)."""
     statements = _statements(conn.dialect)
     params: dict[str, Any] = {"page_numbers": list(numbers_on_page)}
     if mark_seen is None:
@@ -388,6 +439,9 @@ def read_stored(
         assert statements.seen_read is not None
         statement = statements.seen_read
         params.update(seen_at=mark_seen[0], seen_run_id=mark_seen[1])
+        if statements.seen_read_driver is not None:
+            result = statements.seen_read_driver.execute(conn, params)
+            return {row[1]: row for row in result.fetchall()}
     # .all(): one fetchall; iterating the result fetched row by row (a tenth of a page's time)
     return {row[1]: row for row in conn.execute(statement, params).all()}
 
@@ -405,7 +459,9 @@ def page_changes(
     rejected = [r.number for r in page.rejections if r.number]
     wanted = list({*(i.number for i in items), *rejected})
     rows = read_stored(conn, wanted, mark_seen, to_write=to_write) if wanted else {}
-    return diff_rows(rows, items, rejected)
+    driver = _statements(conn.dialect).seen_read_driver
+    typed = driver.typed if driver is not None and mark_seen is not None else None
+    return diff_rows(rows, items, rejected, typed)
 
 
 def apply_page(conn: Connection, *, run_id: int, scope_row_id: int, page: Page) -> PageCounts:
@@ -476,14 +532,15 @@ def apply_page(conn: Connection, *, run_id: int, scope_row_id: int, page: Page) 
         rejected=len(page.rejections),
         unreadable=sum(1 for r in page.rejections if r.number is None),
     )
-    conn.execute(
-        _COUNT_PAGE,
-        {
-            "scope_row_id": scope_row_id,
-            "add_pages": 1,
-            **{f"add_{name}": getattr(counts, name) for name in _COUNTERS[1:]},
-        },
-    )
+    added = {
+        "scope_row_id": scope_row_id,
+        "add_pages": 1,
+        **{f"add_{name}": getattr(counts, name) for name in _COUNTERS[1:]},
+    }
+    if statements.count_page_driver is not None:
+        statements.count_page_driver.execute(conn, added)
+    else:
+        conn.execute(_COUNT_PAGE, added)
     return counts
 
 
