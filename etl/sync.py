@@ -25,7 +25,13 @@ from etl.errors import (
 )
 from etl.records import Page, Rejection, Scope
 from etl.store import runs
-from etl.store.engine import async_commits, begin_write, make_engine, write_transaction
+from etl.store.engine import (
+    async_commits,
+    begin_write,
+    error_codes,
+    make_engine,
+    write_transaction,
+)
 from etl.store.lock import DatabaseLock
 from etl.store.migrate import check_schema
 from etl.store.writer import PageCounts, ScopeClose, apply_page, close_scope
@@ -111,8 +117,7 @@ def _is_transient(exc: DBAPIError) -> bool:
     """Deadlocks and serialization failures: the whole page transaction can be retried. So
     can a number inserted twice at once, by two countries whose listings both have it (each
     read it as new): on the retry it is stored, and the page updates it instead."""
-    sqlstate = getattr(exc.orig, "sqlstate", None)  # psycopg; PyMySQL's is its class
-    errno = (getattr(exc.orig, "args", None) or [None])[0]  # MySQL/MariaDB's error number
+    sqlstate, errno = error_codes(exc)
     if sqlstate == "23505" or errno == 1062:
         return "uq_numbers_number" in str(exc.orig)
     return (

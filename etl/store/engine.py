@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 MYSQL_SQL_MODE = (
     "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,"
@@ -35,6 +35,15 @@ def sqlite_path(url: str) -> Path | None:
         path = unquote(urlsplit(database).path)
         return None if path in ("", ":memory:") else Path(path)
     return Path(database)
+
+
+def error_codes(exc: DBAPIError) -> tuple[str | None, int | None]:
+    """A driver error's SQLSTATE (psycopg's; PyMySQL's is its class) and MySQL/MariaDB error
+    number (the first of its args), each None where the driver has none."""
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None)
+    number = (getattr(orig, "args", None) or [None])[0]
+    return sqlstate, number if isinstance(number, int) else None
 
 
 # One lock per SQLite engine: the threads of a process that write to one SQLite file queue on

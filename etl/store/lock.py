@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, or_, select, text, update
 from sqlalchemy.exc import OperationalError
 
 from etl.errors import LockHeld
-from etl.store.engine import begin_write
+from etl.store.engine import begin_write, error_codes
 from etl.store.schema import LOCK_NAME, sync_lock
 
 log = logging.getLogger("etl.store")
@@ -74,10 +74,8 @@ ACQUIRE_WAIT = 30
 
 def _lock_wait_timed_out(exc: OperationalError) -> bool:
     """PostgreSQL's lock_timeout (55P03) or MySQL's lock wait timeout (1205)."""
-    orig = exc.orig
-    return getattr(orig, "sqlstate", None) == "55P03" or (
-        bool(getattr(orig, "args", None)) and orig.args[0] == 1205  # type: ignore[union-attr]
-    )
+    sqlstate, number = error_codes(exc)
+    return sqlstate == "55P03" or number == 1205
 
 
 # A lock whose refreshes have all failed (or hung) for its ttl and this grace after it: the

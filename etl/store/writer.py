@@ -67,6 +67,14 @@ from etl.store.types import Money, UTCDateTime
 
 MAX_PAYLOAD_CHARS = 16000
 _SQLITE = sqlite.dialect()  # SQLite's binding and quoting, for the SQL written here
+
+
+def _sqlite_binding(type_: TypeEngine[Any]) -> Callable[[Any], Any] | None:
+    """How SQLAlchemy binds a value of ``type_`` on SQLite (the type as adapted to the
+    dialect: a timestamp's text is SQLite's DATETIME's, microseconds always shown)."""
+    return type_.dialect_impl(_SQLITE).bind_processor(_SQLITE)
+
+
 _JSON = msgspec.json.Encoder()
 _UPDATE_COLUMNS = (*TRACKED_FIELDS, "monthly_price", "currency", "price_amount", "price_exponent")
 
@@ -112,9 +120,7 @@ class _DriverSQL:
         self.sql = compiled.string
         self.compiled = compiled
         self.names = tuple(compiled.positiontup or ())
-        self.processors = tuple(
-            compiled.binds[n].type.dialect_impl(_SQLITE).bind_processor(_SQLITE) for n in self.names
-        )
+        self.processors = tuple(_sqlite_binding(compiled.binds[n].type) for n in self.names)
         self.loaders = tuple(
             column.type.dialect_impl(_SQLITE).result_processor(_SQLITE, None)
             for column in statement.exported_columns
@@ -282,11 +288,8 @@ class _RowsInsert:
             )
             if returning:
                 self.statement = self.statement.returning(*(table.c[c] for c in returning))
-        # SQLite: each constant's value as SQLAlchemy binds it there (the type as adapted to
-        # the dialect: a timestamp's text is SQLite's DATETIME's, microseconds always shown)
-        self.processors = tuple(
-            table.c[c].type.dialect_impl(_SQLITE).bind_processor(_SQLITE) for c in constant
-        )
+        # SQLite: each constant's value as SQLAlchemy binds it there
+        self.processors = tuple(_sqlite_binding(table.c[c].type) for c in constant)
         self.values_sql = functools.lru_cache(maxsize=4)(self._values_sql)
 
     def money(self, value: Decimal) -> Any:
@@ -423,14 +426,14 @@ def read_stored(
     mark_seen: tuple[datetime, int] | None = None,
     *,
     to_write: bool = False,
-) -> dict[str, Sequence[Any]]:
+) -> tuple[dict[str, Sequence[Any]], Callable[[Sequence[Any]], Sequence[Any]] | None]:
     """The stored rows (``StoredNumber.COLUMNS``) of the given numbers, in one statement.
     ``mark_seen`` (when, run id): the same statement marks them seen (only where the database
     has UPDATE ... RETURNING: ``_statements(dialect).seen_read``). ``to_write``: the caller
     writes changes computed from them (``_PageStatements.read_to_write``).
 
-    On SQLite, the rows of a read that marks them seen are the driver's own
-    (``_PageStatements.seen_read_driver``: its ``typed`` gives one SQLAlchemy's types)."""
+    Returned with None, or, when the rows are the driver's own (on SQLite, a read that marks
+    them seen: ``_PageStatements.seen_read_driver``), what gives one SQLAlchemy's types."""
     statements = _statements(conn.dialect)
     params: dict[str, Any] = {"page_numbers": list(numbers_on_page)}
     if mark_seen is None:
@@ -439,11 +442,12 @@ def read_stored(
         assert statements.seen_read is not None
         statement = statements.seen_read
         params.update(seen_at=mark_seen[0], seen_run_id=mark_seen[1])
-        if statements.seen_read_driver is not None:
-            result = statements.seen_read_driver.execute(conn, params)
-            return {row[1]: row for row in result.fetchall()}
+        driver = statements.seen_read_driver
+        if driver is not None:
+            result = driver.execute(conn, params)
+            return {row[1]: row for row in result.fetchall()}, driver.typed
     # .all(): one fetchall; iterating the result fetched row by row (a tenth of a page's time)
-    return {row[1]: row for row in conn.execute(statement, params).all()}
+    return {row[1]: row for row in conn.execute(statement, params).all()}, None
 
 
 def page_changes(
@@ -458,9 +462,9 @@ def page_changes(
     items = dedupe(page.items)
     rejected = [r.number for r in page.rejections if r.number]
     wanted = list({*(i.number for i in items), *rejected})
-    rows = read_stored(conn, wanted, mark_seen, to_write=to_write) if wanted else {}
-    driver = _statements(conn.dialect).seen_read_driver
-    typed = driver.typed if driver is not None and mark_seen is not None else None
+    if not wanted:
+        return diff_rows({}, items, rejected)
+    rows, typed = read_stored(conn, wanted, mark_seen, to_write=to_write)
     return diff_rows(rows, items, rejected, typed)
 
 
