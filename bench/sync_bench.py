@@ -566,9 +566,14 @@ def bench_database(
             flush=True,
         )
         runs: dict[str, dict[str, Any]] = {}
-        runs["first"] = run_child("sync", {**spec, "db": sync_db})
-        runs["first"]["runs"] = [runs["first"]["seconds"]]
-        print(f"   first sync {runs['first']['seconds']:.1f} s", flush=True)
+        # each first sync into a database of its own; the last one goes on to the next steps
+        first_dbs = iter([dbs.fresh(kind, f"first{i}") for i in range(1, args.repeat)])
+
+        def first() -> dict[str, Any]:
+            return run_child("sync", {**spec, "db": next(first_dbs, sync_db)})
+
+        runs["first"] = best(args.repeat, first)
+        print(f"   first sync {spread(runs['first'])}", flush=True)
         steps: list[dict[str, int]] = []
 
         def steady() -> dict[str, Any]:
@@ -582,8 +587,12 @@ def bench_database(
         print(f"   unchanged sync {spread(runs['unchanged'])}", flush=True)
         dlt_result = None
         if args.dlt and dlt_version(args.dlt_python):
-            dlt_spec = {**spec, "db": dbs.fresh(kind, "dlt"), "workdir": str(dbs.workdir)}
-            dlt_result = run_child("dlt", dlt_spec, args.dlt_python)
+            dlt_result = best_dlt(args, kind, spec, dbs)
+            print(
+                f"   dlt first load {spread(dlt_result['first'])}, second load "
+                f"{spread(dlt_result['second'])}",
+                flush=True,
+            )
     finally:
         sim.close()
 
@@ -647,14 +656,15 @@ def bench_database(
             ]
         )
     if dlt_result is not None:
-        for label, seconds in (("first", "first_seconds"), ("second", "second_seconds")):
+        for label in ("first", "second"):
+            seconds = dlt_result[label]["seconds"]
             rows.append(
                 [
                     f"dlt rest_api merge/scd2, {label} load",
                     f"{runs['unchanged']['items']:,}",
-                    f"{dlt_result[seconds]:.2f}",
+                    spread(dlt_result[label]),
                     "-",
-                    rate(runs["unchanged"]["items"], dlt_result[seconds]),
+                    rate(runs["unchanged"]["items"], seconds),
                     f"{dlt_result['rss_mb']:.0f}",
                     "-",
                     "-",
@@ -698,16 +708,36 @@ def bench_database(
         # dlt's first load against the first sync; its second load, of the same data,
         # against the sync with nothing changed
         for ours, theirs, what in (
-            ("first", "first_seconds", "first sync against dlt's first load"),
-            ("unchanged", "second_seconds", "unchanged sync against dlt's second load"),
+            ("first", "first", "first sync against dlt's first load"),
+            ("unchanged", "second", "unchanged sync against dlt's second load"),
         ):
-            speedup = dlt_result[theirs] / runs[ours]["seconds"]
+            dlt_seconds = dlt_result[theirs]["seconds"]
+            speedup = dlt_seconds / runs[ours]["seconds"]
             report.target(
                 f"{what} on {kind}: >= 4 x dlt's throughput",
-                f"{dlt_result[theirs]:.2f} s / {runs[ours]['seconds']:.2f} s = {speedup:.1f} x",
+                f"{dlt_seconds:.2f} s / {runs[ours]['seconds']:.2f} s = {speedup:.1f} x",
                 speedup >= 4,
             )
     return runs
+
+
+def best_dlt(
+    args: argparse.Namespace, kind: str, spec: dict[str, Any], dbs: Databases
+) -> dict[str, Any]:
+    """dlt's first and second loads, the fastest of ``--repeat`` of each: each pair of
+    loads into a fresh database, with a pipeline directory of its own (dlt keeps its state
+    there), as the sync's first syncs are measured."""
+    pairs = []
+    for i in range(max(1, args.repeat)):
+        workdir = dbs.workdir / f"dlt-{kind}-{i}"
+        workdir.mkdir()
+        dlt_spec = {**spec, "db": dbs.fresh(kind, f"dlt{i}"), "workdir": str(workdir)}
+        pairs.append(run_child("dlt", dlt_spec, args.dlt_python))
+    result: dict[str, Any] = {"rss_mb": max(p["rss_mb"] for p in pairs)}
+    for label in ("first", "second"):
+        runs = [p[f"{label}_seconds"] for p in pairs]
+        result[label] = {"seconds": min(runs), "runs": runs}
+    return result
 
 
 def bench_scaling(args: argparse.Namespace, dbs: Databases, report: Report) -> None:
@@ -1025,7 +1055,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--repeat",
         type=int,
         default=3,
-        help="runs of each ceiling, steady and unchanged sync; the fastest is reported",
+        help="runs of each ceiling, first, steady and unchanged sync, and of dlt's two "
+        "loads; the fastest is reported (default 3)",
     )
     parser.add_argument(
         "--databases", default="sqlite,postgresql", help="comma-separated: sqlite,postgresql"
