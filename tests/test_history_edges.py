@@ -433,10 +433,11 @@ def test_the_urls_own_postgresql_options_are_kept(engine: Engine) -> None:
 
 
 def test_a_pages_rows_are_stored_as_sqlalchemys_own_insert_stores_them(engine: Engine) -> None:
-    """The page inserts bypass SQLAlchemy's per-row processing (PostgreSQL: arrays; SQLite:
-    plain values as the driver's own SQL). What they store, read back raw, is exactly what
-    SQLAlchemy's own insert of the same values stores: the same text for a timestamp on a
-    whole second (SQLite keeps its microseconds), the same price, the same booleans."""
+    """The page inserts bypass SQLAlchemy's per-row processing (PostgreSQL: one JSON list of
+    rows; SQLite: plain values as the driver's own SQL). What they store, read back raw, is
+    exactly what SQLAlchemy's own insert of the same values stores: the same text for a
+    timestamp on a whole second (SQLite keeps its microseconds), the same price, the same
+    booleans."""
     x, y = "+31205550000", "+31205550001"
     odd = StockItem(
         x,
