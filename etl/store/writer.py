@@ -39,6 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.types import Integer, Numeric, String, TypeDecorator, TypeEngine
 
 from etl.records import Page, Rejection, Scope, StockItem
@@ -67,12 +68,14 @@ from etl.store.types import Money, UTCDateTime
 
 MAX_PAYLOAD_CHARS = 16000
 _SQLITE = sqlite.dialect()  # SQLite's binding and quoting, for the SQL written here
+# psycopg's binding, for the driver SQL run on PostgreSQL
+_PSYCOPG: Dialect = postgresql_psycopg.dialect()  # type: ignore[no-untyped-call]
 
 
-def _sqlite_binding(type_: TypeEngine[Any]) -> Callable[[Any], Any] | None:
-    """How SQLAlchemy binds a value of ``type_`` on SQLite (the type as adapted to the
-    dialect: a timestamp's text is SQLite's DATETIME's, microseconds always shown)."""
-    return type_.dialect_impl(_SQLITE).bind_processor(_SQLITE)
+def _binding(type_: TypeEngine[Any], dialect: Dialect = _SQLITE) -> Callable[[Any], Any] | None:
+    """How SQLAlchemy binds a value of ``type_`` on ``dialect`` (the type as adapted to the
+    dialect: on SQLite a timestamp's text is its DATETIME's, microseconds always shown)."""
+    return type_.dialect_impl(dialect).bind_processor(dialect)
 
 
 _JSON = msgspec.json.Encoder()
@@ -107,22 +110,30 @@ def in_list(column: ColumnElement[Any], name: str, dialect: str) -> ColumnElemen
 
 
 class _DriverSQL:
-    """A Core statement compiled once for SQLite and run as the driver's own SQL, for the
-    statements every page runs: SQLAlchemy's work around each execution (its cache key
-    and lookup, typing every value of every row returned) cost a page 100-170 us of the
-    read that marks its numbers seen, about a twentieth of a steady-state page (measured
-    in bench/RESULTS.md). Parameters are bound as SQLAlchemy binds them; rows come back as
-    the driver gives them (booleans as 0 and 1, timestamps as text), and ``typed`` gives
-    one the types SQLAlchemy would have."""
+    """A Core statement compiled once for a dialect (SQLite's, or PostgreSQL's with psycopg)
+    and run as the driver's own SQL, for the statements every page runs: SQLAlchemy's work
+    around each execution (its cache key and lookup, typing every value of every row
+    returned) cost a page 100-170 us of the read that marks its numbers seen on SQLite,
+    about a twentieth of a steady-state page (measured in bench/RESULTS.md), and more on
+    PostgreSQL, where up to four countries' threads share one interpreter. Parameters are
+    bound as SQLAlchemy binds them; rows come back as the driver gives them (SQLite's
+    booleans as 0 and 1, its timestamps as text; PostgreSQL's timestamps in the session's
+    zone), and ``typed`` gives one the types SQLAlchemy would have."""
 
-    def __init__(self, statement: Update) -> None:
-        compiled = statement.compile(dialect=_SQLITE)
+    def __init__(self, statement: Update, dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
         self.sql = compiled.string
         self.compiled = compiled
-        self.names = tuple(compiled.positiontup or ())
-        self.processors = tuple(_sqlite_binding(compiled.binds[n].type) for n in self.names)
+        # SQLite's parameters go by position (a name used twice comes twice), psycopg's by name
+        self.positional = compiled.positiontup is not None
+        self.names = (
+            tuple(compiled.positiontup or ())
+            if self.positional
+            else tuple(dict.fromkeys(compiled.bind_names.values()))
+        )
+        self.processors = tuple(_binding(compiled.binds[n].type, dialect) for n in self.names)
         self.loaders = tuple(
-            column.type.dialect_impl(_SQLITE).result_processor(_SQLITE, None)
+            column.type.dialect_impl(dialect).result_processor(dialect, None)
             for column in statement.exported_columns
         )
 
@@ -133,7 +144,9 @@ class _DriverSQL:
             bound[name] if process is None else process(bound[name])
             for name, process in zip(self.names, self.processors, strict=True)
         )
-        return conn.exec_driver_sql(self.sql, values)
+        if self.positional:
+            return conn.exec_driver_sql(self.sql, values)
+        return conn.exec_driver_sql(self.sql, dict(zip(self.names, values, strict=True)))
 
     def typed(self, row: Sequence[Any]) -> tuple[Any, ...]:
         """A row of the result with the types SQLAlchemy gives its columns."""
@@ -159,7 +172,8 @@ class _PageStatements:
     # The read that marks the page's numbers seen as it reads them (UPDATE ... RETURNING,
     # where the database has it; MySQL and MariaDB do not): a statement fewer a page.
     seen_read: Update | None
-    # SQLite: seen_read and the page's counters as the driver's own SQL (see _DriverSQL)
+    # SQLite, and PostgreSQL with psycopg: seen_read and the page's counters as the driver's
+    # own SQL (see _DriverSQL)
     seen_read_driver: _DriverSQL | None
     count_page_driver: _DriverSQL | None
     # A page's new numbers (returning their ids) and its events, each in one INSERT of rows
@@ -172,14 +186,18 @@ class _PageStatements:
 def _statements(dialect: Dialect) -> _PageStatements:
     """The page statements for ``dialect`` (the one of an engine: it knows the server's
     version, and with it whether UPDATE ... RETURNING exists: SQLite 3.35+, PostgreSQL)."""
-    return _statements_for(dialect.name, dialect.update_returning, dialect.insert_returning)
+    return _statements_for(
+        dialect.name, dialect.driver, dialect.update_returning, dialect.insert_returning
+    )
 
 
 # Keyed by what the statements depend on, not by the dialect: every run's engine has a
 # dialect of its own, and a cache keyed by them kept every one alive (a scheduler's memory
 # grew by about 0.2 MB a run).
 @functools.cache
-def _statements_for(name: str, update_returning: bool, insert_returning: bool) -> _PageStatements:
+def _statements_for(
+    name: str, driver: str, update_returning: bool, insert_returning: bool
+) -> _PageStatements:
     seen_run = bindparam("seen_run_id", type_=Integer())
     seen_values = {
         # last_seen_at never goes backwards, whatever the clock does
@@ -202,7 +220,8 @@ def _statements_for(name: str, update_returning: bool, insert_returning: bool) -
         if update_returning
         else None
     )
-    lite = name == "sqlite"
+    own_sql = {"sqlite": _SQLITE, "postgresql": _PSYCOPG if driver == "psycopg" else None}
+    driver_dialect = own_sql.get(name)
     return _PageStatements(
         read=read,
         read_to_write=read.with_for_update() if name in ("mysql", "mariadb") else read,
@@ -211,8 +230,10 @@ def _statements_for(name: str, update_returning: bool, insert_returning: bool) -
         ),
         seen=update(numbers).where(in_list(numbers.c.id, "seen_ids", name)).values(seen_values),
         seen_read=seen_read,
-        seen_read_driver=_DriverSQL(seen_read) if lite and seen_read is not None else None,
-        count_page_driver=_DriverSQL(_COUNT_PAGE) if lite else None,
+        seen_read_driver=_DriverSQL(seen_read, driver_dialect)
+        if driver_dialect is not None and seen_read is not None
+        else None,
+        count_page_driver=_DriverSQL(_COUNT_PAGE, driver_dialect) if driver_dialect else None,
         new_numbers=_numbers_from_rows(name)
         if name == "postgresql" or (name == "sqlite" and insert_returning)
         else None,
@@ -289,7 +310,7 @@ class _RowsInsert:
             if returning:
                 self.statement = self.statement.returning(*(table.c[c] for c in returning))
         # SQLite: each constant's value as SQLAlchemy binds it there
-        self.processors = tuple(_sqlite_binding(table.c[c].type) for c in constant)
+        self.processors = tuple(_binding(table.c[c].type) for c in constant)
         self.values_sql = functools.lru_cache(maxsize=4)(self._values_sql)
 
     def money(self, value: Decimal) -> Any:
@@ -432,8 +453,9 @@ def read_stored(
     has UPDATE ... RETURNING: ``_statements(dialect).seen_read``). ``to_write``: the caller
     writes changes computed from them (``_PageStatements.read_to_write``).
 
-    Returned with None, or, when the rows are the driver's own (on SQLite, a read that marks
-    them seen: ``_PageStatements.seen_read_driver``), what gives one SQLAlchemy's types."""
+    Returned with None, or, when the rows are the driver's own (SQLite, and PostgreSQL with
+    psycopg, a read that marks them seen: ``_PageStatements.seen_read_driver``), what gives
+    one SQLAlchemy's types."""
     statements = _statements(conn.dialect)
     params: dict[str, Any] = {"page_numbers": list(numbers_on_page)}
     if mark_seen is None:
