@@ -16,7 +16,7 @@ from sqlalchemy import inspect, select, text
 
 from etl.store import migrate
 from etl.store.engine import make_engine
-from etl.store.schema import metadata, sync_lock
+from etl.store.schema import NUMBERS_FILLFACTOR, metadata, numbers, sync_lock
 from tests.procs import DEADLINE, etl_process, invoke, stop, wait_for
 
 VIEWS = {"v_available_numbers", "v_price_history", "v_removed_numbers", "v_daily_availability"}
@@ -191,3 +191,25 @@ def test_db_upgrade_to_an_older_revision_says_it_stays(db_url: str) -> None:
     assert result.exit_code == 0, result.output
     assert f"is at revision {migrate.head_revision()}\n" in result.stdout
     assert "(not 0001: the database was already past it;" in result.stdout
+
+
+def test_numbers_leaves_room_on_its_pages_for_the_rows_every_sync_rewrites(
+    empty_db_url: str,
+) -> None:
+    """PostgreSQL: `numbers` has the fillfactor that etl/store/schema.py declares (migration
+    0004), so that a sync's update of a row can stay on its page (a HOT update, no new index
+    entries); a downgrade to 0003 resets it. Elsewhere no storage option is set."""
+    engine = make_engine(empty_db_url)
+    try:
+        migrate.upgrade(engine)
+        options = inspect(engine).get_table_options("numbers")
+        if engine.dialect.name != "postgresql":
+            assert "postgresql_with" not in options
+            return
+        declared = numbers.dialect_options["postgresql"]["with"]
+        assert declared == {"fillfactor": NUMBERS_FILLFACTOR}
+        assert options["postgresql_with"] == {"fillfactor": str(NUMBERS_FILLFACTOR)}
+        migrate.downgrade(engine, "0003")
+        assert "postgresql_with" not in inspect(engine).get_table_options("numbers")
+    finally:
+        engine.dispose()

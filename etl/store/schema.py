@@ -31,6 +31,7 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 metadata = MetaData(naming_convention=NAMING)
+NUMBERS_FILLFACTOR = 70  # PostgreSQL: percent of each page of `numbers` filled by inserts
 MYSQL: dict[str, Any] = {
     "mysql_engine": "InnoDB",
     "mysql_charset": "utf8mb4",
@@ -117,6 +118,9 @@ numbers = Table(
     Column("first_missed_at", UTCDateTime()),
     UniqueConstraint("number"),
     Index(None, "country_code", "removed_at"),
+    # Every sync rewrites every listed row: room on its page keeps the new version there,
+    # with no new index entries (migration 0004; bench/RESULTS.md has the figures)
+    postgresql_with={"fillfactor": NUMBERS_FILLFACTOR},
     **MYSQL,
 )
 
