@@ -5,9 +5,9 @@ writes an updated row as a new version: on a full page it goes to another page, 
 the table's three indexes gets a new entry for it. With room left on the page, the new
 version stays there and no index changes (a HOT update); the old version is pruned when the
 page is next read. Measured on 200,000 numbers, four syncs with nothing changed after the
-first (bench/RESULTS.md): at the default fillfactor 100, 9-29% of the updates were HOT and
-the table with its indexes grew from 82 to 155 MB; at 70, 51-98% were HOT and it stayed at
-89-101 MB, each sync a few percent faster.
+first (bench/RESULTS.md): at the default fillfactor 100, 9, 18, 27 and 35% of the updates
+were HOT and the table with its indexes grew from 82 to 155 MB; at 70, 51, 80, 96 and 99%
+were HOT and it stayed at 89-101 MB, and each sync took 4-8% less time.
 
 The setting applies to pages written from now on: an existing table gets there as its rows
 are rewritten, or at once with `VACUUM FULL numbers` (which locks the table while it runs).
