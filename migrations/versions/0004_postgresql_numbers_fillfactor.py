@@ -15,7 +15,7 @@ SQLite and MySQL/MariaDB update rows in place and are left as they are.
 
 Revision ID: 0004
 Revises: 0003
-Create Date: 2026-11-27 22:30:00
+Create Date: 2026-11-27 21:45:00
 """
 
 from __future__ import annotations
