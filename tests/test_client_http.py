@@ -94,6 +94,47 @@ def test_a_page(client: BirdClient, simulator: Simulator) -> None:
     assert client.stats.snapshot() == {"requests": 1, "retries": 0, "errors": {}}
 
 
+class RecordingLimiter(RateLimiter):
+    """Records when each request was reported written."""
+
+    def __init__(self) -> None:
+        super().__init__(1000)
+        self.writes: list[float] = []
+
+    def written(self) -> None:
+        self.writes.append(time.monotonic())
+        super().written()
+
+
+def test_a_request_is_reported_written_when_written_not_when_answered(
+    make_client: Callable[..., BirdClient], simulator: Simulator
+) -> None:
+    """The rate limiter paces writes (see RateLimiter.written): a page fetched through the
+    pooled adapter is reported as soon as its request is written, not after Bird's 0.5 s
+    answer; one sent early on a Channel, too; a request that fails is reported all the
+    same, so no start is ever left unreported."""
+    limiter = RecordingLimiter()
+    client = make_client(rate_limiter=limiter)
+    simulator.faults.set_latency(0.5)
+    before = time.monotonic()
+    client.fetch({"countryCodes": ["US"], "limit": 3})
+    assert len(limiter.writes) == 1
+    assert limiter.writes[0] - before < 0.4 < time.monotonic() - before
+    with client.channel() as channel:
+        sent = time.monotonic()
+        early = channel.send({"countryCodes": ["US"], "limit": 3})
+        assert early is not None
+        assert len(limiter.writes) == 2
+        assert limiter.writes[1] - sent < 0.4
+        early.reply()
+    simulator.faults.set_latency(0)
+    simulator.faults.add("status", status=503, times=3)
+    with pytest.raises(RetriesExhausted):
+        make_client(rate_limiter=limiter, max_attempts=3).fetch(QUERY)
+    assert len(limiter.writes) == 5
+    assert not limiter._unwritten
+
+
 def test_lists_are_sent_as_repeated_parameters(client: BirdClient, simulator: Simulator) -> None:
     client.fetch({"countryCodes": ["US", "NL"], "types": ["mobile"], "limit": 99})
     assert simulator.requests[-1].params["countryCodes"] == ["US", "NL"]

@@ -204,6 +204,8 @@ class BirdClient:
         # about a fifth of a page's CPU (bench/RESULTS.md). No redirect is followed: a
         # 3xx is an error that names the new address (the access key never goes along).
         self._adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
+        # its connections tell the rate limiter when a page's request has been written
+        self._adapter.poolmanager.pool_classes_by_scheme = _REPORTING_POOLS
         self._auth = _AccessKeyAuth(access_key)
         self._headers = {
             "Accept": "application/json",
@@ -248,7 +250,13 @@ class BirdClient:
                     reply = early.reply()
                 else:
                     self.rate_limiter.acquire(self.stop)
-                    reply = self._exchange(params)
+                    _WRITING.limiter = self.rate_limiter
+                    try:
+                        reply = self._exchange(params)
+                    finally:
+                        # not written through a reporting connection (a proxy's) or not at
+                        # all: reported now, later than the write (which errs on the safe side)
+                        _report_written()
                 fetched_at = datetime.now(UTC)
                 return self._classify(reply), fetched_at
             except _Failure as failure:
@@ -459,6 +467,50 @@ class BirdClient:
 # What a connection of a Channel raises when the network, TLS or the server fails it.
 _TRANSPORT_ERRORS = (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError)
 
+# The rate limiter of the request this thread is about to write through the adapter (see
+# RateLimiter.written): the connection reports the write as soon as it is done.
+_WRITING = threading.local()
+
+
+def _report_written() -> None:
+    limiter: RateLimiter | None = getattr(_WRITING, "limiter", None)
+    if limiter is not None:
+        _WRITING.limiter = None
+        limiter.written()
+
+
+class _ReportsWrites:
+    """A connection that reports its request written (urllib3's ``request`` writes it; the
+    response is read afterwards)."""
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().request(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            _report_written()
+
+
+class _ReportingHTTPConnection(_ReportsWrites, HTTPConnection):
+    pass
+
+
+class _ReportingHTTPSConnection(_ReportsWrites, HTTPSConnection):
+    pass
+
+
+class _ReportingHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _ReportingHTTPConnection
+
+
+class _ReportingHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _ReportingHTTPSConnection
+
+
+_REPORTING_POOLS: dict[str, type[urllib3.HTTPConnectionPool]] = {
+    "http": _ReportingHTTPPool,
+    "https": _ReportingHTTPSPool,
+}
+
 
 def _kind(exc: BaseException, *, reading_body: bool = False) -> str:
     """The name of a Channel's failure, as requests names the same failure."""
@@ -490,6 +542,13 @@ class Channel:
             return None
         if not client.rate_limiter.try_acquire():
             return None
+        try:
+            return self._send(params)
+        finally:
+            client.rate_limiter.written()  # written, or failed before it could be
+
+    def _send(self, params: Mapping[str, Any]) -> Sent:
+        client = self._client
         client.stats.count_request()
         headers = {**client._headers, "Authorization": client._auth.header()}
         try:
