@@ -31,7 +31,8 @@ STALE_SECONDS = 120.0  # longer than any request takes to be written (connect ti
 
 
 class RateLimiter:
-    """Never lets more than ``rate`` requests start in any one-second window."""
+    """Never lets more than ``rate`` requests start, nor be written, in any one-second
+    window (``written`` is how a request says it has been)."""
 
     def __init__(
         self,
