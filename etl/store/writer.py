@@ -72,7 +72,7 @@ _SQLITE = sqlite.dialect()  # SQLite's binding and quoting, for the SQL written 
 _PSYCOPG: Dialect = postgresql_psycopg.dialect()  # type: ignore[no-untyped-call]
 
 
-def _binding(type_: TypeEngine[Any], dialect: Dialect = _SQLITE) -> Callable[[Any], Any] | None:
+def _binding(type_: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
     """How SQLAlchemy binds a value of ``type_`` on ``dialect`` (the type as adapted to the
     dialect: on SQLite a timestamp's text is its DATETIME's, microseconds always shown)."""
     return type_.dialect_impl(dialect).bind_processor(dialect)
@@ -310,7 +310,7 @@ class _RowsInsert:
             if returning:
                 self.statement = self.statement.returning(*(table.c[c] for c in returning))
         # SQLite: each constant's value as SQLAlchemy binds it there
-        self.processors = tuple(_binding(table.c[c].type) for c in constant)
+        self.processors = tuple(_binding(table.c[c].type, _SQLITE) for c in constant)
         self.values_sql = functools.lru_cache(maxsize=4)(self._values_sql)
 
     def money(self, value: Decimal) -> Any:
