@@ -773,6 +773,92 @@ def test_a_body_that_trickles_in_is_cut_at_the_total_timeout(
     assert len(server.heads) == 2
 
 
+def drip_head(conn: socket.socket) -> None:
+    """A 200 whose status line and headers come a byte every 50 ms (10 s in all), each byte
+    well within read_timeout."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Pad: " + b"p" * 120
+    for byte in head + b"\r\nContent-Length: 15\r\n\r\n":
+        conn.sendall(bytes([byte]))
+        time.sleep(0.05)
+    conn.sendall(b'{"results": []}')
+
+
+@pytest.mark.parametrize("way", ["straight", "ahead", "proxy"])
+def test_headers_that_trickle_in_are_cut_at_the_total_timeout(
+    scripted: Callable[..., tuple[Scripted, BirdClient]],
+    monkeypatch: pytest.MonkeyPatch,
+    way: str,
+) -> None:
+    """read_timeout bounds each wait for bytes and total_timeout was checked only as the
+    body came in, so headers sent a byte at a time held a page for as long as the server
+    (or a proxy on the way) liked: 10 s here, each try. Through a proxy, the client talks
+    to the scripted server as an HTTP proxy, with an absolute URL."""
+    options: dict[str, Any] = {"read_timeout": 1, "total_timeout": 0.5, "max_attempts": 2}
+    if way == "proxy":
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        proxy = Scripted(drip_head)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        server, client = scripted(raw_reply(200, "OK", b"{}"), **options)  # never reached
+    else:
+        server, client = scripted(drip_head, **options)
+    started = time.monotonic()
+    try:
+        with client.channel() as channel, pytest.raises(RetriesExhausted) as raised:
+            client.fetch(QUERY, channel.send(QUERY) if way == "ahead" else None)
+    finally:
+        if way == "proxy":
+            proxy.close()
+    assert time.monotonic() - started < 3  # two tries of 0.5 s, not two of 10 s
+    assert "ReadTimeout on GET" in str(raised.value)
+    assert "status line and headers were still coming in after 0.5s" in str(raised.value)
+    assert "failed 2 times" in str(raised.value)
+    assert client.stats.snapshot()["errors"] == {"ReadTimeout": 2}
+    if way == "proxy":
+        assert server.heads == []
+        assert len(proxy.heads) == 2
+        assert proxy.heads[0].startswith(f"GET {server.url}/organizations/")
+    else:
+        assert len(server.heads) == 2
+
+
+@pytest.mark.parametrize("ahead", [False, True])
+def test_headers_slower_than_read_timeout_are_a_read_timeout(
+    scripted: Callable[..., tuple[Scripted, BirdClient]], ahead: bool
+) -> None:
+    """The deadline does not hide read_timeout: a head that stops coming fails the attempt
+    at read_timeout, well before total_timeout, as a plain read timeout."""
+
+    def stall(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\n")
+        time.sleep(3)
+
+    _, client = scripted(stall, read_timeout=0.3, total_timeout=30, max_attempts=1)
+    started = time.monotonic()
+    with client.channel() as channel, pytest.raises(RetriesExhausted) as raised:
+        client.fetch(QUERY, channel.send(QUERY) if ahead else None)
+    assert time.monotonic() - started < 2
+    assert "ReadTimeout" in str(raised.value)
+    assert "still coming in" not in str(raised.value)
+    assert client.stats.snapshot()["errors"] == {"ReadTimeout": 1}
+
+
+def test_a_keep_alive_connection_serves_the_next_page_after_a_deadline_read(
+    scripted: Callable[..., tuple[Scripted, BirdClient]],
+) -> None:
+    """The socket's timeout is read_timeout again once a response's headers are in: the
+    next request on the same connection neither times out early nor opens a new one."""
+    body = b'{"results": []}'
+    server, client = scripted(raw_reply(200, "OK", body), read_timeout=5, total_timeout=0.2)
+    for _ in range(3):
+        parsed, _ = client.fetch(QUERY)
+        assert parsed == {"results": []}
+        time.sleep(0.3)  # past the first response's deadline
+    assert len(server.heads) == 3
+    assert len(server._conns) == 1
+    assert client.stats.snapshot()["errors"] == {}
+
+
 @pytest.mark.parametrize("ahead", [False, True])
 @pytest.mark.parametrize("encoding", ["identity", "gzip"])
 def test_a_body_larger_than_32_mib_fails_the_page(

@@ -8,12 +8,15 @@ retriable failure back off and try again, at most ``max_attempts`` times and
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import io
 import json
 import logging
 import os
 import random
 import re
+import socket
 import ssl
 import threading
 import time
@@ -203,9 +206,7 @@ class BirdClient:
         # Session's per-request merging of settings, cookies, hooks and redirects cost
         # about a fifth of a page's CPU (bench/RESULTS.md). No redirect is followed: a
         # 3xx is an error that names the new address (the access key never goes along).
-        self._adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
-        # its connections tell the rate limiter when a page's request has been written
-        self._adapter.poolmanager.pool_classes_by_scheme = _REPORTING_POOLS
+        self._adapter = _Adapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
         self._auth = _AccessKeyAuth(access_key)
         self._headers = {
             "Accept": "application/json",
@@ -311,6 +312,7 @@ class BirdClient:
             raise Interrupted(f"stopped before GET {self.path}")
         self.stats.count_request()
         deadline = time.monotonic() + self.total_timeout
+        _HEAD.arm(deadline, self.total_timeout)
         try:
             with self._adapter.send(
                 self._request(params),
@@ -323,9 +325,13 @@ class BirdClient:
                 return _Reply(
                     response.status_code, response.reason or "", response.headers, content
                 )
+        except requests.Timeout as exc:
+            if _HEAD.passed:  # urllib3 words it as a plain read timeout
+                message = f"ReadTimeout on GET {self.path}: {_HEAD.passed}"
+                raise _Failure("ReadTimeout", message) from exc
+            raise self._failure(type(exc).__name__, exc) from exc
         except (
             requests.ConnectionError,
-            requests.Timeout,
             requests.exceptions.ChunkedEncodingError,
         ) as exc:
             raise self._failure(type(exc).__name__, exc) from exc
@@ -337,6 +343,8 @@ class BirdClient:
             raise self._failure(_kind(exc, reading_body=True), exc) from exc
         except (ValueError, UnicodeError) as exc:
             raise self._unsendable(exc) from None
+        finally:
+            _HEAD.disarm()
 
     def _read_body(self, response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
         """The whole body, decoded, taken as it arrives (``read1``: what the socket holds, up
@@ -392,10 +400,10 @@ class BirdClient:
         connect_timeout = self.timeout[0]
         if self._split.scheme == "https":
             bundle = self._verify if isinstance(self._verify, str) else DEFAULT_CA_BUNDLE_PATH
-            return HTTPSConnection(
+            return _TimedHTTPSConnection(
                 host, port, timeout=connect_timeout, cert_reqs="CERT_REQUIRED", ca_certs=bundle
             )
-        return HTTPConnection(host, port, timeout=connect_timeout)
+        return _TimedHTTPConnection(host, port, timeout=connect_timeout)
 
     def _request(self, params: Mapping[str, Any]) -> requests.PreparedRequest:
         request = requests.PreparedRequest()
@@ -479,6 +487,99 @@ def _report_written() -> None:
         limiter.written()
 
 
+class _HeadDeadline(threading.local):
+    """By when the response this thread is about to read must have brought its status line
+    and headers: http.client makes the response (a _DeadlineResponse) in the thread that
+    asked for it. ``passed``: the message of the last response that did not, if any."""
+
+    at: float | None = None
+    seconds: float = 0.0
+    passed: str = ""
+
+    def arm(self, deadline: float, seconds: float) -> None:
+        self.at, self.seconds, self.passed = deadline, seconds, ""
+
+    def disarm(self) -> None:
+        self.at = None
+
+
+_HEAD = _HeadDeadline()
+
+
+class _HeadReader(io.RawIOBase):
+    """A response's socket reader that, until ``end()`` (when the headers are in), waits for
+    each read no longer than the time left before ``deadline``: read_timeout bounds only
+    each wait for the next bytes, so a server (or proxy) sending its status line and
+    headers a byte at a time held a request for as long as it liked."""
+
+    def __init__(self, raw: io.RawIOBase, sock: socket.socket, deadline: float, seconds: float):
+        super().__init__()
+        self._raw = raw
+        self._sock = sock
+        self._timeout = sock.gettimeout()  # read_timeout, as urllib3 set it
+        self._deadline: float | None = deadline
+        self._seconds = seconds
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def readinto(self, buffer: Any) -> int | None:
+        if self._deadline is None:
+            return self._raw.readinto(buffer)
+        left = self._deadline - time.monotonic()
+        if left > 0:
+            self._sock.settimeout(left if self._timeout is None else min(left, self._timeout))
+            try:
+                return self._raw.readinto(buffer)
+            except TimeoutError:
+                if time.monotonic() < self._deadline:
+                    raise  # read_timeout: no byte for that long
+        _HEAD.passed = f"the status line and headers were still coming in after {self._seconds:g}s"
+        raise TimeoutError(_HEAD.passed)
+
+    def end(self) -> None:
+        """The headers are in (or failed): the body is read with read_timeout alone (and
+        total_timeout, by BirdClient._read_body)."""
+        if self._deadline is not None:
+            self._deadline = None
+            with contextlib.suppress(OSError):  # closed after a failure
+                self._sock.settimeout(self._timeout)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    """http.client's response, reading its status line and headers by ``_HEAD``'s deadline
+    when one is armed."""
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self._head: _HeadReader | None = None
+        if _HEAD.at is not None:
+            self._head = _HeadReader(self.fp.detach(), sock, _HEAD.at, _HEAD.seconds)
+            self.fp = io.BufferedReader(self._head)
+
+    def begin(self) -> None:
+        try:
+            super().begin()
+        finally:
+            if self._head is not None:
+                self._head.end()
+
+
+class _TimedHTTPConnection(HTTPConnection):
+    response_class = _DeadlineResponse
+
+
+class _TimedHTTPSConnection(HTTPSConnection):
+    response_class = _DeadlineResponse
+
+
 class _ReportsWrites:
     """A connection that reports its request written (urllib3's ``request`` writes it; the
     response is read afterwards)."""
@@ -490,11 +591,11 @@ class _ReportsWrites:
             _report_written()
 
 
-class _ReportingHTTPConnection(_ReportsWrites, HTTPConnection):
+class _ReportingHTTPConnection(_ReportsWrites, _TimedHTTPConnection):
     pass
 
 
-class _ReportingHTTPSConnection(_ReportsWrites, HTTPSConnection):
+class _ReportingHTTPSConnection(_ReportsWrites, _TimedHTTPSConnection):
     pass
 
 
@@ -510,6 +611,31 @@ _REPORTING_POOLS: dict[str, type[urllib3.HTTPConnectionPool]] = {
     "http": _ReportingHTTPPool,
     "https": _ReportingHTTPSPool,
 }
+
+
+class _TimedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _TimedHTTPConnection
+
+
+class _TimedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _TimedHTTPSConnection
+
+
+class _Adapter(HTTPAdapter):
+    """requests' pooling adapter whose connections read a response's headers by the
+    attempt's deadline; straight to Bird they also tell the rate limiter when a page's
+    request has been written. Through a proxy, a request written is not yet at Bird: its
+    write is reported when its answer comes (BirdClient.fetch)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _REPORTING_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = {"http": _TimedHTTPPool, "https": _TimedHTTPSPool}
+        return manager
 
 
 def _kind(exc: BaseException, *, reading_body: bool = False) -> str:
@@ -575,8 +701,10 @@ class Channel:
         assert self._conn is not None
         deadline = time.monotonic() + client.total_timeout
         reading_body = False
+        _HEAD.arm(deadline, client.total_timeout)
         try:
             response = self._conn.getresponse()
+            _HEAD.disarm()
             reading_body = True
             content = client._read_body(response, deadline)
         except urllib3.exceptions.DecodeError as exc:  # as requests: not worth retrying
@@ -588,6 +716,8 @@ class Channel:
         except SourceError:  # too slow or too large: the rest of the body is not wanted
             self.close()
             raise
+        finally:
+            _HEAD.disarm()
         return _Reply(response.status, response.reason or "", response.headers, content)
 
     def close(self) -> None:
