@@ -52,6 +52,7 @@ def test_sync_bench_runs_end_to_end(database: str, tmp_path: Path) -> None:
     if database == "sqlite":
         assert "Scaling on SQLite" in report
         assert "Latency-bound" in report
+        assert "refused by the simulator's limit of 50 (429)" in report
         assert re.search(r"peak RSS at N = 600 <= 150 MB \| \d+ MB \| (met|\*\*missed\*\*)", report)
 
 

@@ -224,8 +224,10 @@ def test_rate_must_be_positive() -> None:
 
 
 def test_the_server_never_sees_more_than_the_rate(simulator: Simulator) -> None:
-    """Four threads page four scopes through one client and limiter for about a second."""
+    """Four threads page four scopes through one client and limiter for about a second; the
+    simulator enforces the same limit, as Bird does, and refuses none of them."""
     rate = 20
+    simulator.rate_limit = rate
     limiter = RateLimiter(rate)
     client = BirdClient(simulator.url, Secret(ACCESS_KEY), ORGANIZATION_ID, rate_limiter=limiter)
     scopes = [Scope("US"), Scope("NL"), Scope("US", types=("mobile",)), Scope("NL", prefix="+31")]
@@ -248,4 +250,26 @@ def test_the_server_never_sees_more_than_the_rate(simulator: Simulator) -> None:
     times = [r.time for r in simulator.requests]
     assert len(times) > rate  # it ran for more than one window
     assert max_in_window(times) <= rate
+    assert {r.status for r in simulator.requests} == {200}  # no 429
     assert not limiter._unwritten  # every start was reported written, on both paths
+
+
+def test_a_client_over_birds_limit_waits_as_told_and_gets_every_page(
+    simulator: Simulator,
+) -> None:
+    """A limit set above Bird's: the 429s Bird answers are retried after their Retry-After,
+    and the listing still comes whole."""
+    simulator.rate_limit = 3
+    client = BirdClient(
+        simulator.url, Secret(ACCESS_KEY), ORGANIZATION_ID, rate_limiter=RateLimiter(1000)
+    )
+    with client:
+        pages = list(iter_pages(client, Scope("US"), page_size=50, max_pages=100))
+    numbers = [item.number for page in pages for item in page.items]
+    assert len(numbers) == len(set(numbers)) == len(simulator.stock.numbers("US"))
+    refused = [r for r in simulator.requests if r.status == 429]
+    assert refused, "the simulator refused nothing: the test did not reach the limit"
+    assert client.stats.snapshot()["errors"] == {"429": len(refused)}
+    admitted = [r.time for r in simulator.requests if r.status == 200]
+    assert len(admitted) == len(pages)
+    assert max_in_window(admitted) <= 3

@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -359,6 +360,46 @@ def test_status_429_with_retry_after(sim: Simulator, bird: requests.Session) -> 
     assert get(bird, sim, {"limit": 5}).status_code == 200
 
 
+def test_the_rate_limit_refuses_what_is_over_it_in_any_second(
+    sim: Simulator, bird: requests.Session
+) -> None:
+    """Ten requests as fast as one connection sends them, at a limit of 3 a second: each
+    admitted request had fewer than 3 admitted in the second before it, each refused one
+    had 3, whatever the machine's speed; a request after Retry-After gets in."""
+    sim.rate_limit = 3
+    responses = [get(bird, sim, {"limit": 5}) for _ in range(10)]
+    records = list(sim.requests)
+    assert [r.status for r in records] == [r.status_code for r in responses]
+    for index, record in enumerate(records):
+        before = [r for r in records[:index] if r.status == 200 and r.time > record.time - 1]
+        assert record.status == (200 if len(before) < 3 else 429), (index, records)
+    refused = [r for r in responses if r.status_code == 429]
+    assert refused, "ten requests took more than three seconds"
+    assert all(r.headers["Retry-After"] == "1" for r in refused)
+    assert error(refused[0]) == {
+        "code": "too_many_requests",
+        "message": "more than 3 requests in one second; slow down",
+    }
+    time.sleep(1.0)
+    assert get(bird, sim, {"limit": 5}).status_code == 200
+    assert sim.stats()["rate_limit"] == 3
+
+
+def test_the_rate_limit_counts_only_authorized_listing_requests(sim: Simulator) -> None:
+    sim.rate_limit = 1
+    with requests.Session() as stranger:
+        assert get(stranger, sim).status_code == 401
+    with requests.Session() as session:
+        session.headers["Authorization"] = f"AccessKey {KEY}"
+        assert get(session, sim).status_code == 200
+        assert get(session, sim).status_code == 429
+
+
+def test_a_rate_limit_below_one_a_second_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"rate_limit 0\.5: at least 1"):
+        Simulator(SyntheticStock(size=10), rate_limit=0.5)
+
+
 def test_503_twice_then_success(sim: Simulator, bird: requests.Session) -> None:
     sim.faults.add("status", status=503, times=2)
     statuses = [get(bird, sim, {"limit": 5}).status_code for _ in range(3)]
@@ -574,6 +615,7 @@ def test_cli_help() -> None:
         "--fault",
         "--evolve-every",
         "--allow-remote",
+        "--rate-limit",
     ):
         assert option in result.output
 
@@ -588,11 +630,15 @@ def test_cli_refuses_a_remote_host_and_bad_faults() -> None:
     result = CliRunner().invoke(simulator_command, ["--port", "0", "--countries", "US,XX"])
     assert result.exit_code == 2
     assert "XX" in result.output
+    result = CliRunner().invoke(simulator_command, ["--port", "0", "--rate-limit", "0"])
+    assert result.exit_code == 2
+    assert "--rate-limit" in result.output
 
 
 def test_cli_serves_until_sigterm() -> None:
     code = "from etl.simulator.cli import simulator_command; simulator_command()"
     args = ["--port", "0", "--size", "300", "--countries", "NL", "--fault", "503:times=1"]
+    args += ["--rate-limit", "50"]
     env = {**os.environ, "NUMBERS_ETL_SIMULATOR_ACCESS_KEY": KEY}
     with subprocess.Popen(
         [sys.executable, "-c", code, *args, "--organization-id", ORG],
@@ -617,6 +663,7 @@ def test_cli_serves_until_sigterm() -> None:
                     statuses.append(response.status_code)
                     response.close()
                 assert statuses == [503, 200]
+                assert session.get(url + "/_simulator/stats", timeout=10).json()["rate_limit"] == 50
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0
         finally:

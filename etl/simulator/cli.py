@@ -103,6 +103,15 @@ def _faults(
     help="Seconds added before every listing response.",
 )
 @click.option(
+    "--rate-limit",
+    type=click.FloatRange(min=1),
+    default=None,
+    metavar="N",
+    help="Answer 429 Too Many Requests (with Retry-After) to a listing request that would "
+    "be more than N in one second, as Bird does above about 50 a second per workspace. "
+    "Without it there is no limit.",
+)
+@click.option(
     "--fault",
     "faults",
     multiple=True,
@@ -131,6 +140,7 @@ def simulator_command(
     access_key: str,
     organization_id: str,
     latency: float,
+    rate_limit: float | None,
     faults: list[tuple[str, dict[str, Any]]],
     evolve_every: float | None,
 ) -> None:
@@ -152,7 +162,12 @@ def simulator_command(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--countries") from None
     sim = Simulator(
-        stock, host=host, port=port, access_key=access_key, organization_id=organization_id
+        stock,
+        host=host,
+        port=port,
+        access_key=access_key,
+        organization_id=organization_id,
+        rate_limit=rate_limit,
     )
     sim.faults.set_latency(latency)
     for kind, params in faults:

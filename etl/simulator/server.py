@@ -13,12 +13,13 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import math
 import re
 import socket
 import ssl
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -314,8 +315,15 @@ class Simulator:
         organization_id: str = "sim-org",
         keep_requests: int = 200_000,
         ssl_context: ssl.SSLContext | None = None,
+        rate_limit: float | None = None,
     ) -> None:
+        if rate_limit is not None and rate_limit < 1:
+            raise ValueError(f"rate_limit {rate_limit!r}: at least 1 request a second, or None")
         self.stock = stock if stock is not None else SyntheticStock()
+        # Bird's limit (about 50 GET requests a second per workspace), when set: a listing
+        # request that would be more than int(rate_limit) in a second gets a 429
+        self.rate_limit = rate_limit
+        self._admitted: deque[float] = deque()  # arrival times of the last second's requests
         self.ssl_context = ssl_context  # HTTPS with it (tests of the client's TLS)
         self.faults = Faults()
         self.host = host
@@ -388,6 +396,7 @@ class Simulator:
             "steps": self.stock.steps,
             "faults": len(self.faults.pending()),
             "latency": self.faults.latency,
+            "rate_limit": self.rate_limit,
         }
 
     # --- tokens ------------------------------------------------------------------------------
@@ -463,6 +472,22 @@ class Simulator:
             if len(self.requests) > self._keep_requests:
                 del self.requests[: len(self.requests) - self._keep_requests // 2]
 
+    def _over_rate_limit(self, arrived: float) -> float | None:
+        """None when a request arriving at ``arrived`` is within the rate limit (it then
+        counts against it), else the seconds until it would be: no second (a sliding
+        window) admits more than ``int(rate_limit)`` requests. A refused request does not
+        count, so a client that waits as told gets in."""
+        if self.rate_limit is None:
+            return None
+        with self._records_lock:
+            admitted = self._admitted
+            while admitted and admitted[0] <= arrived - 1.0:
+                admitted.popleft()
+            if len(admitted) >= int(self.rate_limit):
+                return admitted[0] + 1.0 - arrived
+            admitted.append(arrived)
+            return None
+
     def _serve_listing(self, handler: _Handler, org: str, path: str, query: str) -> None:
         arrived = time.monotonic()
         params: dict[str, list[str]] = {}
@@ -473,6 +498,15 @@ class Simulator:
         if org != self.organization_id:
             self._record(arrived, path, query, params, 404)
             handler._error(404, f"organization {org!r} not found")
+            return
+        wait = self._over_rate_limit(arrived)
+        if wait is not None:
+            self._record(arrived, path, query, params, 429)
+            handler._error(
+                429,
+                f"more than {self.rate_limit:g} requests in one second; slow down",
+                headers=b"Retry-After: %d\r\n" % math.ceil(wait),
+            )
             return
         try:
             params = parse_qs(query, keep_blank_values=True)
