@@ -9,6 +9,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -239,6 +240,14 @@ def _parse_api_url(value: Any) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("expected an https:// URL such as https://api.bird.com")
+    try:
+        port = parts.port  # urlsplit checks the port only when asked for it
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError(
+            "has a malformed port: expected a number from 1 to 65535 after the host's ':'"
+        )
     if parts.username or parts.password:
         raise ValueError("must not carry credentials; use access_key")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
@@ -582,7 +591,7 @@ def crontab_trigger(text: str) -> Any:
             "day of month and day of week are both set; cron would run on either, which "
             "numbers-etl does not do: keep one of them '*'"
         )
-    return CronTrigger(
+    trigger = CronTrigger(
         minute=minute,
         hour=hour,
         day=day,
@@ -590,6 +599,9 @@ def crontab_trigger(text: str) -> Any:
         day_of_week=_crontab_weekdays(weekday),
         timezone="UTC",
     )
+    if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
+        raise ValueError("it never fires: none of its months has that day, as with 31 February")
+    return trigger
 
 
 def _parse_str(value: Any) -> str:
@@ -656,7 +668,18 @@ def _describe(key: str, value: Any) -> str:
         return "(hidden)"
     if key == "database_url":
         return repr(redact_url(str(value)))
+    if key == "api_url":
+        return repr(_hide_userinfo(str(value)))
     return repr(value)
+
+
+def _hide_userinfo(url: str) -> str:
+    """``url`` with whatever comes between its ``//`` and its last ``@`` hidden: an api_url
+    is refused for carrying credentials, and its message must not show them (nor an access
+    key pasted there)."""
+    start = url.find("//") + 2 if "//" in url else 0
+    at = url.rfind("@")
+    return url if at < start else url[:start] + "***" + url[at:]
 
 
 def _read_file(path: Path, problems: list[str]) -> dict[str, Any]:

@@ -256,9 +256,50 @@ def test_schedule_forms() -> None:
     assert parse_interval("0 */6 * * *") is None
 
 
-# --- database URLs: passwords hidden, malformed ones named ----------------------------------
-
 SECRET = "s3cretpw"
+
+
+@pytest.mark.parametrize("cron", ["0 0 31 2 *", "0 0 30 2 *", "0 0 31 4,6,9,11 *"])
+def test_a_cron_expression_that_never_fires_is_refused(cron: str) -> None:
+    """It passed validation, then `schedule` crashed on the first run it could not find
+    (exit 1, which the service restarts every 30 s), or idled for ever after --run-now."""
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env={"NUMBERS_ETL_SCHEDULE": cron})
+    assert f"schedule = {cron!r} (env NUMBERS_ETL_SCHEDULE)" in str(raised.value)
+    assert "it never fires" in str(raised.value)
+
+
+def test_a_cron_expression_that_fires_once_in_four_years_is_accepted() -> None:
+    assert load_settings(env={"NUMBERS_ETL_SCHEDULE": "0 0 29 2 *"}).schedule == "0 0 29 2 *"
+
+
+@pytest.mark.parametrize("url", ["https://api.bird.com:0", "https://api.bird.com:99999"])
+def test_an_api_url_with_a_malformed_port_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError, match="has a malformed port"):
+        load_settings(env={"NUMBERS_ETL_API_URL": url})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"https://apiuser:{SECRET}@api.bird.com",
+        f"https://{SECRET}@api.bird.com",
+        f"https://u:{SECRET}/x@api.bird.com",  # a '/' in the password: urlsplit's netloc ends
+        f"http://u:{SECRET}@pw@127.0.0.1:8787",
+    ],
+)
+def test_an_api_url_refused_for_its_credentials_does_not_show_them(url: str) -> None:
+    """The value was refused because it carries credentials, and the message quoted it."""
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env={"NUMBERS_ETL_API_URL": url})
+    message = str(raised.value)
+    # with the '/', the host is 'u' and the rest its port
+    assert ("malformed port" if "/x@" in url else "must not carry credentials") in message
+    assert SECRET not in message
+    assert "api_url = '" + url.split("//")[0] + "//***@" in message
+
+
+# --- database URLs: passwords hidden, malformed ones named ----------------------------------
 
 
 @pytest.mark.parametrize(
