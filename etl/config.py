@@ -391,37 +391,63 @@ def _bad_option_values(url: URL) -> list[str]:
     return problems
 
 
+# sqlite3.connect()'s arguments SQLAlchemy takes from the query string, and, with uri=true,
+# the parameters of SQLite's own URI filenames (https://www.sqlite.org/uri.html)
+_PYSQLITE_OPTIONS = frozenset(
+    ("uri", "timeout", "isolation_level", "detect_types", "check_same_thread", "cached_statements")
+)
+_SQLITE_URI_PARAMETERS = frozenset(
+    ("vfs", "mode", "cache", "psow", "nolock", "immutable", "modeof")
+)
+
+
 def _unknown_connect_options(url: URL, dialect_cls: Any) -> list[str]:
     """The options of ``url``'s query string that its driver would refuse when it connects
-    (psycopg: libpq's keywords; PyMySQL: its connect() arguments). Other drivers: none."""
+    (psycopg: libpq's keywords; PyMySQL: its connect() arguments) or, on SQLite, ignore
+    (SQLAlchemy only warns, and ``?mode=ro`` without ``uri=true`` wrote to the file)."""
     if not url.query:
         return []
     driver = url.get_driver_name()
-    if driver not in ("psycopg", "pymysql"):
+    if driver not in ("psycopg", "pymysql", "pysqlite"):
         return []
+    import warnings
+
     from sqlalchemy.exc import ArgumentError
 
     dialect = dialect_cls(dbapi=dialect_cls.import_dbapi())
     given = set(url.query)
-    try:  # the whole URL first: host and port lists must match (?host=h1,h2&port=p1,p2)
-        dialect.create_connect_args(url)
-    except ArgumentError as exc:
-        raise ValueError(f"has connection options that do not fit together: {exc}") from None
-    except (TypeError, ValueError):
-        pass  # the option at fault is named below
-    bad = []
-    for option in sorted(given - {"host", "port"}):  # those two only make sense together
-        try:
-            dialect.create_connect_args(url.set(query={option: url.query[option]}))
-        except (TypeError, ValueError, ArgumentError):  # a number or a boolean expected
-            bad.append(option)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SQLite's ignored options: named below instead
+        try:  # the whole URL first: host and port lists must match (?host=h1,h2&port=p1,p2)
+            dialect.create_connect_args(url)
+        except ArgumentError as exc:
+            raise ValueError(f"has connection options that do not fit together: {exc}") from None
+        except (TypeError, ValueError):
+            pass  # the option at fault is named below
+        bad = []
+        for option in sorted(given - {"host", "port"}):  # those two only make sense together
+            try:
+                dialect.create_connect_args(url.set(query={option: url.query[option]}))
+            except (TypeError, ValueError, ArgumentError):  # a number or a boolean expected
+                bad.append(option)
+        _args, params = dialect.create_connect_args(url) if not bad else ((), {})
     if bad:
         raise ValueError(
             f"has a value the {driver} driver cannot use for the connection option"
             f"{'s' if len(bad) > 1 else ''} {', '.join(repr(o) for o in bad)}: "
-            "a whole number or true/false is expected"
+            "a number or true/false is expected"
         )
-    _args, params = dialect.create_connect_args(url)
+    if driver == "pysqlite":
+        uri = bool(params.get("uri", False))
+        needing_uri = sorted(given & _SQLITE_URI_PARAMETERS) if not uri else []
+        if needing_uri:
+            raise ValueError(
+                f"has {', '.join(repr(o) for o in needing_uri)}, which SQLite takes only "
+                "with uri=true in the query string too (as in "
+                "sqlite:///numbers_stock.sqlite?mode=ro&uri=true); without it, it is ignored"
+            )
+        sqlite_known = _PYSQLITE_OPTIONS | (_SQLITE_URI_PARAMETERS if uri else frozenset())
+        return sorted(given - sqlite_known)
     if driver == "pymysql":
         import inspect
 

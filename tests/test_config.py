@@ -394,6 +394,20 @@ def test_malformed_database_url_is_a_config_error_without_the_password(
             "postgresql+psycopg://root@/test?host=h1,h2&port=5432",
             "has connection options that do not fit together: .*hosts and ports",
         ),
+        # SQLite: SQLAlchemy raised a bare ValueError (a traceback) for a value it cannot
+        # convert, and only warned about an option it then ignored
+        ("sqlite:///x.sqlite?timeout=abc", "cannot use for the connection option 'timeout'"),
+        (
+            "sqlite:///x.sqlite?check_same_thread=maybe&cached_statements=x",
+            "connection options 'cached_statements', 'check_same_thread': a number or",
+        ),
+        (
+            "sqlite:///x.sqlite?foo=bar",
+            "has the connection option 'foo', which the pysqlite driver does not know",
+        ),
+        ("sqlite:///x.sqlite?uri=true&foo=bar", "the connection option 'foo'"),
+        # ignored without uri=true: `db upgrade` then wrote to the file it was to only read
+        ("sqlite:///x.sqlite?mode=ro", "has 'mode', which SQLite takes only with uri=true"),
     ],
 )
 def test_unknown_connection_option_is_a_config_error(url: str, message: str) -> None:
@@ -442,6 +456,9 @@ def test_libpq_reads_its_system_root_certificates() -> None:
         "mysql+pymysql://root@127.0.0.1/test?charset=utf8mb4&connect_timeout=5&passwd=x"
         f"&ssl_ca={Path(__file__)}&ssl_check_hostname=false",
         "sqlite:///numbers_stock.sqlite?timeout=30",
+        "sqlite:///numbers_stock.sqlite?timeout=2.5&check_same_thread=false",
+        "sqlite:///file:numbers_stock.sqlite?mode=ro&uri=true",
+        "sqlite:///file:numbers_stock.sqlite?cache=shared&immutable=1&uri=1",
         # several hosts, as SQLAlchemy documents them for libpq
         "postgresql+psycopg://root@/test?host=127.0.0.1,127.0.0.1&port=5432,5432",
         "postgresql+psycopg://root@/test?host=127.0.0.1:5432&host=127.0.0.1:5433",
