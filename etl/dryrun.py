@@ -12,7 +12,7 @@ from sqlalchemy import Engine, create_engine, func, inspect, select
 from sqlalchemy.exc import DBAPIError
 
 from etl.config import Settings
-from etl.errors import AuthError, DatabaseError, Interrupted, SchemaOutOfDate, SourceError
+from etl.errors import AuthError, Interrupted, SchemaOutOfDate, SourceError
 from etl.records import Page, Scope
 from etl.store.diff import dedupe, removal_guard
 from etl.store.engine import make_engine, sqlite_path
@@ -24,8 +24,8 @@ from etl.sync import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_SIGTERM,
-    _db_message,
     confine,
+    database_failed,
     scopes_for,
 )
 
@@ -213,7 +213,7 @@ def dry_run(
                     _removals(settings, history, report, seen, run, accepted)
         return DryRunReport([report for report, _ in listed], auth_failed=bool(auth))
     except DBAPIError as exc:
-        raise DatabaseError(f"the database failed: {_db_message(exc)}") from None
+        raise database_failed(settings.database_url, exc) from None
     finally:
         if client is not None:
             client.close()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from etl.config import Settings
+from etl.config import Settings, redact_url
 from etl.errors import (
     AuthError,
     DatabaseError,
@@ -30,6 +30,7 @@ from etl.store.engine import (
     begin_write,
     error_codes,
     make_engine,
+    sqlite_path,
     write_transaction,
 )
 from etl.store.lock import DatabaseLock
@@ -210,7 +211,8 @@ class Sync:
         try:
             return self._run()
         except DBAPIError as exc:  # unreachable, refused the connection's options, ...
-            raise DatabaseError(f"the database failed: {_db_message(exc)}") from None
+            url = self.engine.url.render_as_string(hide_password=False)
+            raise database_failed(url, exc) from None
         finally:
             if client is not None and self._client is None:
                 client.close()
@@ -474,6 +476,18 @@ def confine(page: Page, scope: Scope) -> Page:
         ),
         next_page_token=page.next_page_token,
     )
+
+
+def database_failed(url: str, exc: SQLAlchemyError) -> DatabaseError:
+    """The error of a database that failed: which database (its password hidden; a SQLite
+    file by its absolute path, with what to check) and the driver's message."""
+    path = sqlite_path(url)
+    if path is not None:
+        return DatabaseError(
+            f"the SQLite database {str(path.absolute())!r} failed: {_db_message(exc)} (check "
+            "that its directory exists and that this user may write there)"
+        )
+    return DatabaseError(f"the database {redact_url(url)} failed: {_db_message(exc)}")
 
 
 def _db_message(exc: SQLAlchemyError) -> str:

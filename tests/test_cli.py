@@ -76,7 +76,18 @@ def test_unreachable_database_exits_1(simulator: Simulator) -> None:
     env = sim_env(simulator, "postgresql+psycopg://nobody@127.0.0.1:1/none")
     result = invoke(env, "sync")
     assert result.exit_code == 1
-    assert result.stderr.startswith("Error: the database failed: ")
+    assert result.stderr.startswith(
+        "Error: the database postgresql+psycopg://nobody@127.0.0.1:1/none failed: "
+    )
+
+
+def test_a_sqlite_file_that_cannot_be_opened_is_named(simulator: Simulator, tmp_path: Path) -> None:
+    """It said only "the database failed: unable to open database file"."""
+    path = tmp_path / "missing-directory" / "numbers.sqlite"
+    result = invoke(sim_env(simulator, f"sqlite:///{path}"), "sync")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: the SQLite database {str(path)!r} failed: ")
+    assert "check that its directory exists" in result.stderr
 
 
 def test_bad_configuration_exits_2_naming_every_problem(simulator: Simulator, db_url: str) -> None:

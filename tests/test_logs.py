@@ -52,7 +52,9 @@ def test_json_database_errors_hide_the_password(simulator: Simulator, tmp_path: 
     result = run_etl(["--log-format", "json", "-v", "sync"], sim_env(simulator, url), tmp_path)
     assert result.returncode == 1
     (error,) = [line for line in json_lines(result.stderr) if line["level"] == "error"]
-    assert str(error["message"]).startswith("the database failed: ")
+    assert str(error["message"]).startswith(
+        "the database postgresql+psycopg://etl:***@127.0.0.1:1/numbers failed: "
+    )
     assert "db-pass-5e1f" not in result.stdout + result.stderr
 
 
