@@ -338,6 +338,15 @@ def sync(
 
     chosen = _country_list(only)
     accepted = _country_list(accept)
+    countries = chosen or list(settings.countries)
+    outside = [cc for cc in accepted if cc not in countries]
+    if outside:  # it would accept nothing, and say nothing
+        raise ConfigError(
+            [
+                f"--accept-removals {','.join(outside)}: not among this run's countries "
+                f"({','.join(countries)}); name a country of the run, or add it with --country"
+            ]
+        )
     if dry_run:
         from etl.dryrun import dry_run as run_dry
 

@@ -488,11 +488,23 @@ def _parse_prefixes(value: Any) -> dict[str, tuple[str, ...]]:
             country, sep, rest = part.partition("=")
             if not sep:
                 raise ValueError("expected the form US=+1212|+1646;NL=+3120")
+            if country.strip().upper() in (c.upper() for c in table):  # it replaced the first
+                raise ValueError(
+                    f"{country.strip().upper()} is given twice; list all of a country's "
+                    "prefixes once, as in US=+1212|+1646"
+                )
             table[country.strip()] = [p for p in rest.split("|") if p.strip()]
         value = table
     if not isinstance(value, Mapping):
         raise ValueError('expected a table such as US = ["+1212", "+1646"]')
     out: dict[str, tuple[str, ...]] = {}
+    codes = [str(c).upper() for c in value]
+    twice = sorted({cc for cc in codes if codes.count(cc) > 1})  # us and US in TOML
+    if twice:
+        raise ValueError(
+            f"{', '.join(twice)} {'is' if len(twice) == 1 else 'are'} given twice; "
+            'list all of a country\'s prefixes once, as in US = ["+1212", "+1646"]'
+        )
     for country, prefixes in value.items():
         cc = str(country).upper()
         items = [p.strip() for p in _as_list(prefixes)]

@@ -102,6 +102,28 @@ def test_bad_configuration_exits_2_naming_every_problem(simulator: Simulator, db
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("extra", [(), ("--dry-run",)])
+@pytest.mark.parametrize(
+    ("only", "accepted", "named"),
+    [(("--country", "NL"), "US", "US"), ((), "DE,NL", "DE")],
+)
+def test_accepting_removals_of_a_country_outside_the_run_is_refused(
+    simulator: Simulator,
+    db_url: str,
+    extra: tuple[str, ...],
+    only: tuple[str, ...],
+    accepted: str,
+    named: str,
+) -> None:
+    """It was accepted in silence (exit 0), and accepted nothing: a mistyped held country
+    looked let through."""
+    args = [*only, "--accept-removals", accepted, *extra]
+    result = invoke(sim_env(simulator, db_url), "sync", *args)
+    assert result.exit_code == 2
+    assert f"--accept-removals {named}: not among this run's countries" in result.stderr
+    assert simulator.requests == []  # nothing fetched, nothing written
+
+
 def test_missing_keys_and_bad_options_are_named_with_the_bad_values(
     simulator: Simulator, db_url: str
 ) -> None:

@@ -177,12 +177,21 @@ def test_prefixes_toml_and_env_forms(tmp_path: Path) -> None:
         ("US=1212", "is not an area code in international form"),
         ("US=+1212|+12125", "overlap"),
         ("GB=+4420", "prefixes names GB, which is not in countries"),
+        # the later entry replaced the earlier one: +1212 was no longer synced, silently
+        ("US=+1212;US=+1646", "US is given twice"),
+        ("US=+1212;us=+1646", "US is given twice"),
     ],
 )
 def test_bad_prefixes(prefixes: str, message: str) -> None:
     env = {"NUMBERS_ETL_COUNTRIES": "US", "NUMBERS_ETL_PREFIXES": prefixes}
     with pytest.raises(ConfigError, match=message):
         load_settings(env=env)
+
+
+def test_a_country_twice_in_the_prefixes_table_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, 'countries = ["US"]\n[prefixes]\nus = ["+1212"]\nUS = ["+1646"]\n')
+    with pytest.raises(ConfigError, match="US is given twice"):
+        load_settings(env={}, config_path=path)
 
 
 @pytest.mark.parametrize(
