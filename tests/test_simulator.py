@@ -630,6 +630,12 @@ def test_cli_refuses_a_remote_host_and_bad_faults() -> None:
     result = CliRunner().invoke(simulator_command, ["--port", "0", "--countries", "US,XX"])
     assert result.exit_code == 2
     assert "XX" in result.output
+    # these parsed, then failed as the simulator armed them: a traceback, exit 1
+    for fault in ("latency:seconds=-5", "latency", "status", "status:status=99", "429:times=-1"):
+        result = CliRunner().invoke(simulator_command, ["--port", "0", "--fault", fault])
+        assert result.exit_code == 2, (fault, result.output)
+        assert f"Invalid value for '--fault': {fault!r}: " in result.output
+        assert "Traceback" not in result.output
     result = CliRunner().invoke(simulator_command, ["--port", "0", "--rate-limit", "0"])
     assert result.exit_code == 2
     assert "--rate-limit" in result.output

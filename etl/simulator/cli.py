@@ -32,9 +32,11 @@ def _faults(
     parsed = []
     for spec in values:
         try:
-            parsed.append(Faults.parse_cli(spec))
+            kind, params = Faults.parse_cli(spec)
+            Faults().add(kind, **params)  # its values checked too (latency:seconds=-5 ...)
         except ValueError as exc:
-            raise click.BadParameter(str(exc)) from None
+            raise click.BadParameter(f"{spec!r}: {exc}") from None
+        parsed.append((kind, params))
     return parsed
 
 
