@@ -830,7 +830,14 @@ def load_settings(
             continue  # given, but invalid: named above
         else:
             value = getattr(Settings, key, None)
-        if value in (None, (), ""):
+        if value in (None, (), "") and key in chosen:  # an empty NUMBERS_ETL_COUNTRIES= ...
+            where, raw = chosen[key]
+            problems.append(
+                f"{key} = {_describe(key, raw)} ({where}): is empty, and a value is required; "
+                "give one there, or remove it (an empty value overrides the layers below it, "
+                "such as the config file)"
+            )
+        elif value in (None, (), ""):
             problems.append(required_problem(key))
     if problems:
         raise ConfigError(problems)

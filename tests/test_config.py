@@ -257,6 +257,19 @@ def test_unreadable_toml_is_named(tmp_path: Path) -> None:
         load_settings(env={}, config_path=path)
 
 
+def test_a_required_key_set_empty_names_where_it_was_set_empty(tmp_path: Path) -> None:
+    """A blank NUMBERS_ETL_COUNTRIES= (an EnvironmentFile's empty line) overrode the file,
+    and the message said to set countries in the config file, which already did."""
+    path = write(tmp_path, 'countries = ["US"]\n')
+    env = {"NUMBERS_ETL_COUNTRIES": " "}
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env=env, config_path=path, required=("countries",))
+    (problem,) = raised.value.problems
+    assert problem.startswith("countries = ' ' (env NUMBERS_ETL_COUNTRIES): is empty")
+    assert "overrides the layers below it" in problem
+    assert load_settings(env={}, config_path=path, required=("countries",)).countries == ("US",)
+
+
 def test_schedule_forms() -> None:
     assert load_settings(env={"NUMBERS_ETL_SCHEDULE": "30m"}).schedule == "30m"
     assert load_settings(env={"NUMBERS_ETL_SCHEDULE": "*/5 * * * *"}).schedule == "*/5 * * * *"
