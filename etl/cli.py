@@ -178,7 +178,12 @@ def metrics_file_option(func: F) -> F:
     show_default=True,
     help="text for terminals; json (one object a line) for journald and log shippers.",
 )
-@click.option("-v", "--verbose", count=True, help="More log output (repeatable).")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="Debug lines: a page's counts, a country's close, the scheduler's own.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.option(
     "--config",

@@ -370,6 +370,7 @@ class Sync:
         """Every page of ``scope`` in its own transaction on ``conn``."""
         unreadable = 0
         last_fetch: datetime | None = None
+        debug = log.isEnabledFor(logging.DEBUG)  # -v: a line a page
         assert self._page_source is not None
         for page in self._page_source(scope):
             page = confine(page, scope)
@@ -382,6 +383,20 @@ class Sync:
             result.add(counts)
             unreadable += counts.unreadable
             last_fetch = page.fetched_at
+            if debug:
+                log.debug(
+                    "scope %s page %d: %d items, %d rejected; %d listed, %d relisted, "
+                    "%d changed, %d price changes",
+                    scope.key,
+                    page.index,
+                    counts.items,
+                    counts.rejected,
+                    counts.listed,
+                    counts.relisted,
+                    counts.changed,
+                    counts.price_changes,
+                    extra={"scope": scope.key, "page": page.index},
+                )
             if self.on_page is not None:
                 self.on_page(scope, page, counts)
             if self.stop.is_set() and page.next_page_token is not None:
@@ -428,6 +443,14 @@ class Sync:
             result.status = "failed"
             result.error = f"unexpected error {type(exc).__name__} (see the log); nothing removed"
         else:
+            log.debug(
+                "scope %s closed: %s, %d removed, %d available",
+                scope.key,
+                closed.status,
+                closed.removed,
+                closed.available,
+                extra={"scope": scope.key},
+            )
             result.status, result.removed, result.available = (
                 closed.status,
                 closed.removed,

@@ -43,6 +43,13 @@ def test_json_logs_of_a_sync_parse_line_by_line_and_hold_no_secret(
     assert run["run_id"] == 1
     assert run["scopes"] == {"US": "complete", "NL": "complete"}
     assert run["http"]["retries"] == 1  # type: ignore[index]
+    # -v: a debug line a page (there was none: -v did nothing), and one a country's close
+    pages = [line for line in logged if line["level"] == "debug" and "page" in line]
+    assert len(pages) == run["pages"]
+    assert {(line["scope"], line["page"]) for line in pages} >= {("US", 0), ("NL", 0)}
+    assert str(pages[0]["message"]).startswith(f"scope {pages[0]['scope']} page 0: ")
+    closes = [line for line in logged if "closed: complete" in str(line["message"])]
+    assert sorted(str(line["scope"]) for line in closes) == ["NL", "US"]
     assert str(run["message"]).startswith("run 1 succeeded in ")
     assert ACCESS_KEY not in result.stdout + result.stderr
 
@@ -105,6 +112,14 @@ def test_text_logs_are_readable_lines(
     assert started
     assert " INFO    etl.sync: run 1 started: " in started[0]
     assert ACCESS_KEY not in result.stderr
+
+
+def test_without_v_there_are_no_debug_lines(
+    simulator: Simulator, sqlite_url: str, tmp_path: Path
+) -> None:
+    result = run_etl(["--log-format", "json", "sync"], sim_env(simulator, sqlite_url), tmp_path)
+    assert result.returncode == 0
+    assert [line for line in json_lines(result.stderr) if line["level"] == "debug"] == []
 
 
 def test_quiet_keeps_only_warnings(simulator: Simulator, sqlite_url: str, tmp_path: Path) -> None:
