@@ -3,22 +3,31 @@ using the same decisions as the sync (``diff_page``, ``removal_guard``), writing
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, create_engine, func, inspect, select
+from sqlalchemy import Engine, create_engine, inspect, select
 from sqlalchemy.exc import DBAPIError
 
 from etl.config import Settings
 from etl.errors import AuthError, Interrupted, SchemaOutOfDate, SourceError
 from etl.records import Page, Scope
-from etl.store.diff import dedupe, removal_guard
+from etl.store.diff import (
+    TRACKED_FIELDS,
+    PageChanges,
+    StoredNumber,
+    attribute_tuple,
+    dedupe,
+    diff_page,
+    removal_guard,
+)
 from etl.store.engine import make_engine, sqlite_path
 from etl.store.migrate import check_schema
 from etl.store.schema import numbers
-from etl.store.writer import page_changes, scope_filter
+from etl.store.writer import read_stored, scope_filter
 from etl.sync import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -90,30 +99,61 @@ class _Listed:
     unreadable: int = 0
 
 
-class _Relistings:
-    """The numbers a run relists, once each, whichever page or scope shows them first (the
-    sync relists a number once: the next page finds it in stock)."""
+class _Written:
+    """What the run would have stored by now of each number its pages showed. A later page,
+    of the same scope or of another one (a +1 number can be in both the US and the Canadian
+    listing), is compared with that, as the sync's later page reads what the earlier one
+    wrote: the number is not new again, nor relisted again, and its price changed only if
+    it differs from the earlier page's."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._numbers: set[str] = set()
+        self._numbers: dict[str, StoredNumber] = {}
 
-    def first(self, number: str) -> bool:
+    def diff(self, stored: Mapping[str, StoredNumber], page: Page) -> PageChanges:
+        """``diff_page`` of ``page`` against the database's rows (``stored``) as this run
+        would have changed them; then the page's own changes are kept."""
+        items = dedupe(page.items)
+        rejected = [r.number for r in page.rejections if r.number]
         with self._lock:
-            if number in self._numbers:
-                return False
-            self._numbers.add(number)
-            return True
+            written = self._numbers
+            existing = dict(stored)
+            for number in (*(i.number for i in items), *rejected):
+                if number in written:
+                    existing[number] = written[number]
+            changes = diff_page(existing, items, rejected)
+            for item in items:
+                before = existing.get(item.number)
+                written[item.number] = StoredNumber(
+                    before.id if before is not None else 0,
+                    item.number,
+                    attribute_tuple(item),
+                    item.price,
+                    None,
+                )
+            for back in changes.relisted:  # seen only as a rejected item: back in stock
+                written[back.number] = dataclasses.replace(back, removed_at=None)
+        return changes
+
+    def __contains__(self, number: str) -> bool:
+        return number in self._numbers
+
+    def available_in(self, scope: Scope) -> int:
+        """How many of the numbers the run changed or saw end up in stock in ``scope`` (a
+        number two countries listed ends where the later page put it)."""
+        country, kind = _COUNTRY, _TYPE
+        return sum(
+            1
+            for s in self._numbers.values()
+            if s.removed_at is None
+            and s.attributes[country] == scope.country_code
+            and (not scope.prefix or s.number.startswith(scope.prefix))
+            and (not scope.types or s.attributes[kind] in scope.types)
+        )
 
 
-@dataclass(frozen=True)
-class _RunSeen:
-    """The numbers the run's scopes saw: as valid items, at all, and only as rejected
-    items."""
-
-    valid: set[str]
-    any: set[str]
-    rejected_only: set[str]
+_COUNTRY = TRACKED_FIELDS.index("country_code")
+_TYPE = TRACKED_FIELDS.index("number_type")
 
 
 def _read_engine(settings: Settings) -> Engine | None:
@@ -192,11 +232,11 @@ def dry_run(
         auth: list[AuthError] = []
         source = page_source
 
-        relistings = _Relistings()
+        written = _Written()
 
         def one(scope: Scope) -> tuple[ScopeReport, _Listed]:
             try:
-                return _scope(history, scope, source, relistings)
+                return _scope(history, scope, source, written)
             except AuthError as exc:
                 auth.append(exc)
                 stop.set()
@@ -205,12 +245,10 @@ def dry_run(
         with ThreadPoolExecutor(workers) as pool:
             listed = list(pool.map(one, scopes))
         if history is not None:
-            seen_valid = set().union(*(seen.valid for _, seen in listed))
-            seen_any = seen_valid.union(*(seen.rejected for _, seen in listed))
-            run = _RunSeen(seen_valid, seen_any, seen_any - seen_valid)
+            seen_any = set().union(*(seen.valid | seen.rejected for _, seen in listed))
             for report, seen in listed:
                 if report.status == "complete" and not seen.unreadable:
-                    _removals(settings, history, report, seen, run, accepted)
+                    _removals(settings, history, report, written, seen_any, accepted)
         return DryRunReport([report for report, _ in listed], auth_failed=bool(auth))
     except DBAPIError as exc:
         raise database_failed(settings.database_url, exc) from None
@@ -225,7 +263,7 @@ def _scope(
     engine: Engine | None,
     scope: Scope,
     source: Callable[[Scope], Iterable[Page]],
-    relistings: _Relistings,
+    written: _Written,
 ) -> tuple[ScopeReport, _Listed]:
     report = ScopeReport(scope)
     seen = _Listed()
@@ -234,34 +272,32 @@ def _scope(
             page = confine(page, scope)  # as the sync: other countries' items are rejected
             report.pages += 1
             report.items += len(page.items) + len(page.rejections)
-            fresh = [i for i in dedupe(page.items) if i.number not in seen.valid]
-            rejected = []
             for rejection in page.rejections:
                 report.note("rejected", f"{rejection.number or '?'}: {rejection.reason}")
                 seen.unreadable += rejection.number is None
-                number = rejection.number
-                if number and number not in seen.valid and number not in seen.rejected:
-                    rejected.append(rejection)
-            page = Page(page.scope_key, page.index, page.fetched_at, tuple(fresh), tuple(rejected))
-            seen.valid.update(i.number for i in fresh)
-            seen.rejected.update(r.number for r in rejected if r.number)
-            if engine is None:
-                for item in fresh:
-                    report.note("listed", f"{item.number} {item.price.value} {item.price.currency}")
-                continue
-            with engine.connect() as conn:
-                changes = page_changes(conn, page)
+            wanted = sorted(
+                {*(i.number for i in page.items), *(r.number for r in page.rejections if r.number)}
+            )
+            seen.valid.update(i.number for i in page.items)
+            seen.rejected.update(r.number for r in page.rejections if r.number)
+            stored: dict[str, StoredNumber] = {}
+            if engine is not None and wanted:
+                with engine.connect() as conn:
+                    rows, typed = read_stored(conn, wanted)
+                stored = {
+                    number: StoredNumber.from_tuple(row if typed is None else typed(row))
+                    for number, row in rows.items()
+                }
+            changes = written.diff(stored, page)
             for item in changes.new:
                 report.note("listed", f"{item.number} {item.price.value} {item.price.currency}")
             for event in changes.events:
-                if event.event == "relisted" and not relistings.first(event.number):
-                    continue
                 if event.event != "listed":
                     report.note(event.event, f"{event.number}: {event.detail}")
-            for stored, item in changes.price_changes:
+            for before, item in changes.price_changes:
                 report.note(
                     "price_changes",
-                    f"{item.number}: {stored.price.value} {stored.price.currency} -> "
+                    f"{item.number}: {before.price.value} {before.price.currency} -> "
                     f"{item.price.value} {item.price.currency}",
                 )
     except Interrupted:
@@ -277,34 +313,20 @@ def _removals(
     settings: Settings,
     engine: Engine,
     report: ScopeReport,
-    seen: _Listed,
-    run: _RunSeen,
+    written: _Written,
+    seen_any: set[str],
     accepted: set[str],
 ) -> None:
     """The close of a complete scope, as ``close_scope`` would decide it after the run's
-    pages. Its available numbers: the stored ones no scope listed elsewhere, the ones its
-    listing showed, and the removed ones of this scope (by their stored country, area and
-    type) that some scope's rejected item brings back."""
+    pages. Its available numbers: the stored ones in stock there that the run left alone,
+    and those the run's pages would leave in stock there (listed there, moved there from
+    another scope, or removed ones of this scope that a rejected item brings back)."""
     scope = report.scope
     with engine.connect() as conn:
         rows = conn.execute(
             select(numbers.c.number, numbers.c.missed_runs).where(scope_filter(scope))
         ).all()
-        back = 0
-        if run.rejected_only:
-            back = conn.execute(
-                select(func.count()).where(
-                    scope_filter(scope, in_stock=False),
-                    numbers.c.removed_at.is_not(None),
-                    numbers.c.number.in_(sorted(run.rejected_only)),
-                )
-            ).scalar_one()
-    seen_any = run.any
-    available = (
-        sum(1 for r in rows if r.number not in run.valid)  # moved elsewhere if seen there
-        + len(seen.valid)
-        + back
-    )
+    available = sum(1 for r in rows if r.number not in written) + written.available_in(scope)
     missed = [r.number for r in rows if r.number not in seen_any]
     due = [
         r.number

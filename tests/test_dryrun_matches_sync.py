@@ -90,6 +90,42 @@ def test_a_number_that_moves_to_another_country(engine: Engine) -> None:
     })  # fmt: skip
 
 
+def test_a_new_number_in_two_countries_listings(engine: Engine) -> None:
+    """A +1 number in the US and the Canadian listing: the sync writes it once (US) and the
+    CA page moves it (changed); the dry run counted it new in both, and available in both
+    for the guard: it let US remove 3 of "6" where the sync held US at 3 of 5."""
+    settings = cfg(engine, countries=("US", "CA"), concurrency=1)
+    us = [f"+121255500{i:02d}" for i in range(5)]
+    ca, x = "+14165550001", "+12125559999"
+    real(engine, settings, {
+        "US": [pg("US", T0, [item(n, "US") for n in us])],
+        "CA": [pg("CA", T0, [item(ca, "CA")])],
+    })  # fmt: skip
+    assert_dry_run_predicts(engine, settings, {
+        "US": [pg("US", T0 + HOUR, [item(us[0], "US"), item(us[1], "US"), item(x, "US")])],
+        "CA": [pg("CA", T0 + HOUR, [item(ca, "CA"), item(x, "CA")])],
+    })  # fmt: skip
+    # both listings raise its price: one price change (US), not two
+    assert_dry_run_predicts(engine, settings, {
+        "US": [pg("US", T0 + 2 * HOUR, [item(n, "US") for n in us] + [item(x, "US", 400)])],
+        "CA": [pg("CA", T0 + 2 * HOUR, [item(ca, "CA"), item(x, "CA", 400)])],
+    }, accept=("US",))  # fmt: skip
+
+
+def test_a_number_twice_in_one_listing_at_two_prices(engine: Engine) -> None:
+    """The dry run counted one price change where the sync records two (the README called
+    it the one difference); it now reads the later page against the earlier one's."""
+    settings = cfg(engine)
+    x = "+31205550000"
+    real(engine, settings, {"NL": [pg("NL", T0, [item(x, amount=350)])]})
+    assert_dry_run_predicts(engine, settings, {
+        "NL": [
+            pg("NL", T0 + HOUR, [item(x, amount=400)], token="t"),
+            pg("NL", T0 + HOUR, [item(x, amount=450)], index=1),
+        ]
+    })  # fmt: skip
+
+
 def test_the_guard_counts_the_numbers_this_run_lists(engine: Engine) -> None:
     """New and relisted numbers are available when the scope closes: 3 gone of 4 old is
     more than half, but not of the 14 the scope then has."""
