@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from unittest import mock
 
 from sqlalchemy import Engine, text
 
@@ -26,14 +27,16 @@ def item(number: str, amount: int = 100, exponent: int = -2) -> StockItem:
 
 
 def run(engine: Engine, settings: Settings, listing: dict[str, Any], at: datetime) -> RunResult:
-    """A sync at ``at``; a scope missing from ``listing`` fails."""
+    """A sync at ``at`` (its clock too: a failed scope is dated by it); a scope missing from
+    ``listing`` fails."""
 
     def source(scope: Scope) -> Iterator[Page]:
         if scope.key not in listing:
             raise RuntimeError("this scope fails (scripted)")
         yield Page(scope.key, 0, at, tuple(listing[scope.key]), (), None)
 
-    return Sync(settings, engine=engine, page_source=source).run()
+    with mock.patch("etl.sync.utcnow", return_value=at):
+        return Sync(settings, engine=engine, page_source=source).run()
 
 
 def cfg(**overrides: Any) -> Settings:
@@ -77,6 +80,26 @@ def test_daily_count_keeps_an_area_that_failed_all_day_as_it_last_was(engine: En
     run(engine, AREAS, {"US +1212": A}, DAY0 + DAY + HOUR)  # +1646 fails all of day 2
     run(engine, AREAS, {"US +1212": A[:2]}, DAY0 + 2 * DAY + HOUR)  # and day 3; one sold
     assert [count for _, count, _, _ in daily(engine)] == [5, 5, 4]
+
+
+def test_daily_count_keeps_a_country_whose_only_scope_failed_or_was_held_all_day(
+    engine: Engine,
+) -> None:
+    """With no complete scope that day the country had no row at all: a gap on the chart
+    on the very day the mass-removal guard held an empty listing (migration 0005)."""
+    settings = cfg(max_removal_fraction=Decimal("0.5"))
+    numbers_ = [item(f"+1212555000{i}") for i in range(4)]
+    days = [DAY0 + HOUR, DAY0 + DAY + HOUR, DAY0 + 2 * DAY + HOUR, DAY0 + 3 * DAY + HOUR]
+    listings: list[dict[str, Any]] = [{"US": numbers_}, {}, {"US": []}, {"US": numbers_[:3]}]
+    statuses = []
+    for at, listing in zip(days, listings, strict=True):
+        statuses.append(run(engine, settings, listing, at).scopes[0].status)
+    assert statuses == ["complete", "failed", "held", "complete"]
+    rows = daily(engine)
+    assert [str(day)[:10] for day, *_ in rows] == [
+        "2026-03-01", "2026-03-02", "2026-03-03", "2026-03-04"
+    ]  # fmt: skip
+    assert [count for _, count, _, _ in rows] == [4, 4, 4, 3]
 
 
 def test_days_in_stock_of_a_relisted_number_count_its_last_stay(engine: Engine) -> None:
