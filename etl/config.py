@@ -439,12 +439,14 @@ def _unknown_connect_options(url: URL, dialect_cls: Any) -> list[str]:
         )
     if driver == "pysqlite":
         uri = bool(params.get("uri", False))
-        needing_uri = sorted(given & _SQLITE_URI_PARAMETERS) if not uri else []
-        if needing_uri:
+        uri_options = sorted(given & _SQLITE_URI_PARAMETERS)
+        # SQLite reads them only from a URI filename: uri=true and a name starting file:
+        if uri_options and not (uri and (url.database or "").startswith("file:")):
             raise ValueError(
-                f"has {', '.join(repr(o) for o in needing_uri)}, which SQLite takes only "
-                "with uri=true in the query string too (as in "
-                "sqlite:///numbers_stock.sqlite?mode=ro&uri=true); without it, it is ignored"
+                f"has {', '.join(repr(o) for o in uri_options)}, which SQLite takes only "
+                "from a URI filename: the path starting with file: and uri=true in the "
+                "query string, as in sqlite:///file:numbers_stock.sqlite?mode=ro&uri=true "
+                "(otherwise it is ignored, or becomes part of the file's name)"
             )
         sqlite_known = _PYSQLITE_OPTIONS | (_SQLITE_URI_PARAMETERS if uri else frozenset())
         return sorted(given - sqlite_known)

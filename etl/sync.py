@@ -506,10 +506,14 @@ def database_failed(url: str, exc: SQLAlchemyError) -> DatabaseError:
     file by its absolute path, with what to check) and the driver's message."""
     path = sqlite_path(url)
     if path is not None:
-        return DatabaseError(
-            f"the SQLite database {str(path.absolute())!r} failed: {_db_message(exc)} (check "
-            "that its directory exists and that this user may write there)"
+        message = _db_message(exc)
+        hint = (
+            " (check that its directory exists and that this user may write there)"
+            if "unable to open database file" in message
+            else ""
         )
+        where = str(path.absolute())
+        return DatabaseError(f"the SQLite database {where!r} failed: {message}{hint}")
     return DatabaseError(f"the database {redact_url(url)} failed: {_db_message(exc)}")
 
 

@@ -90,6 +90,18 @@ def test_a_sqlite_file_that_cannot_be_opened_is_named(simulator: Simulator, tmp_
     assert "check that its directory exists" in result.stderr
 
 
+def test_a_sqlite_error_of_another_kind_gets_no_hint_about_directories() -> None:
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from etl.sync import database_failed
+
+    exc = OperationalError("BEGIN", {}, sqlite3.OperationalError("database is locked"))
+    message = str(database_failed("sqlite:////tmp/x.sqlite", exc))
+    assert message == "the SQLite database '/tmp/x.sqlite' failed: database is locked"
+
+
 def test_bad_configuration_exits_2_naming_every_problem(simulator: Simulator, db_url: str) -> None:
     env = sim_env(simulator, db_url, page_size=500, countries="US,XX")
     result = invoke(env, "sync")

@@ -846,8 +846,8 @@ def test_headers_slower_than_read_timeout_are_a_read_timeout(
 def test_a_keep_alive_connection_serves_the_next_page_after_a_deadline_read(
     scripted: Callable[..., tuple[Scripted, BirdClient]],
 ) -> None:
-    """The socket's timeout is read_timeout again once a response's headers are in: the
-    next request on the same connection neither times out early nor opens a new one."""
+    """The reader that bounds the headers is closed with its response, not the socket: the
+    next pages go out on the same connection, past the first response's deadline."""
     body = b'{"results": []}'
     server, client = scripted(raw_reply(200, "OK", body), read_timeout=5, total_timeout=0.2)
     for _ in range(3):
@@ -857,6 +857,28 @@ def test_a_keep_alive_connection_serves_the_next_page_after_a_deadline_read(
     assert len(server.heads) == 3
     assert len(server._conns) == 1
     assert client.stats.snapshot()["errors"] == {}
+
+
+def slow_body(conn: socket.socket) -> None:
+    """Headers at once, the body 0.6 s later."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n")
+    time.sleep(0.6)
+    conn.sendall(b'{"results": []}')
+
+
+@pytest.mark.parametrize("ahead", [False, True])
+def test_the_body_is_read_with_read_timeout_again_once_the_headers_are_in(
+    scripted: Callable[..., tuple[Scripted, BirdClient]], ahead: bool
+) -> None:
+    """The socket's timeout goes back to read_timeout after the headers: the body's wait is
+    not cut at what was left of the deadline (a bare "Read timed out"), and the body that
+    comes too late fails as one still coming in after total_timeout."""
+    _, client = scripted(slow_body, read_timeout=5, total_timeout=0.3, max_attempts=1)
+    with client.channel() as channel, pytest.raises(RetriesExhausted) as raised:
+        client.fetch(QUERY, channel.send(QUERY) if ahead else None)
+    assert "the response was still coming in after 0.3s (15 bytes of body so far)" in str(
+        raised.value
+    )
 
 
 @pytest.mark.parametrize("ahead", [False, True])

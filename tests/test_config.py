@@ -429,7 +429,9 @@ def test_malformed_database_url_is_a_config_error_without_the_password(
         ),
         ("sqlite:///x.sqlite?uri=true&foo=bar", "the connection option 'foo'"),
         # ignored without uri=true: `db upgrade` then wrote to the file it was to only read
-        ("sqlite:///x.sqlite?mode=ro", "has 'mode', which SQLite takes only with uri=true"),
+        ("sqlite:///x.sqlite?mode=ro", "has 'mode', which SQLite takes only from a URI"),
+        # uri=true without file: SQLite wrote a new file named "x.sqlite?mode=ro"
+        ("sqlite:///x.sqlite?mode=ro&uri=true", "the path starting with file: and uri=true"),
     ],
 )
 def test_unknown_connection_option_is_a_config_error(url: str, message: str) -> None:

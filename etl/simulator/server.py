@@ -481,11 +481,13 @@ class Simulator:
             return None
         with self._records_lock:
             admitted = self._admitted
-            while admitted and admitted[0] <= arrived - 1.0:
+            # in order: a thread that took its time before another can get the lock after it
+            now = max(arrived, admitted[-1]) if admitted else arrived
+            while admitted and admitted[0] <= now - 1.0:
                 admitted.popleft()
             if len(admitted) >= int(self.rate_limit):
-                return admitted[0] + 1.0 - arrived
-            admitted.append(arrived)
+                return admitted[0] + 1.0 - now
+            admitted.append(now)
             return None
 
     def _serve_listing(self, handler: _Handler, org: str, path: str, query: str) -> None:
