@@ -484,30 +484,30 @@ _PREFIX_RE = re.compile(r"^\+[1-9][0-9]{0,7}$")
 
 
 def _parse_prefixes(value: Any) -> dict[str, tuple[str, ...]]:
+    pairs: list[tuple[Any, Any]]
     if isinstance(value, str):  # environment form: US=+1212|+1646;NL=+3120
-        table: dict[str, Any] = {}
+        pairs = []
         for part in filter(None, (p.strip() for p in value.split(";"))):
             country, sep, rest = part.partition("=")
             if not sep:
                 raise ValueError("expected the form US=+1212|+1646;NL=+3120")
-            if country.strip().upper() in (c.upper() for c in table):  # it replaced the first
-                raise ValueError(
-                    f"{country.strip().upper()} is given twice; list all of a country's "
-                    "prefixes once, as in US=+1212|+1646"
-                )
-            table[country.strip()] = [p for p in rest.split("|") if p.strip()]
-        value = table
-    if not isinstance(value, Mapping):
+            pairs.append((country.strip(), [p for p in rest.split("|") if p.strip()]))
+        example = "US=+1212|+1646"
+    elif isinstance(value, Mapping):
+        pairs = list(value.items())
+        example = 'US = ["+1212", "+1646"]'
+    else:
         raise ValueError('expected a table such as US = ["+1212", "+1646"]')
-    out: dict[str, tuple[str, ...]] = {}
-    codes = [str(c).upper() for c in value]
-    twice = sorted({cc for cc in codes if codes.count(cc) > 1})  # us and US in TOML
+    # a later entry would replace an earlier one's areas (us and US in TOML, or US twice)
+    codes = [str(c).upper() for c, _ in pairs]
+    twice = sorted({cc for cc in codes if codes.count(cc) > 1})
     if twice:
         raise ValueError(
             f"{', '.join(twice)} {'is' if len(twice) == 1 else 'are'} given twice; "
-            'list all of a country\'s prefixes once, as in US = ["+1212", "+1646"]'
+            f"list all of a country's prefixes once, as in {example}"
         )
-    for country, prefixes in value.items():
+    out: dict[str, tuple[str, ...]] = {}
+    for country, prefixes in pairs:
         cc = str(country).upper()
         items = [p.strip() for p in _as_list(prefixes)]
         bad = [p for p in items if not _PREFIX_RE.match(p)]

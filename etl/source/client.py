@@ -704,7 +704,6 @@ class Channel:
         _HEAD.arm(deadline, client.total_timeout)
         try:
             response = self._conn.getresponse()
-            _HEAD.disarm()
             reading_body = True
             content = client._read_body(response, deadline)
         except urllib3.exceptions.DecodeError as exc:  # as requests: not worth retrying
