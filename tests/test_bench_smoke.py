@@ -96,3 +96,17 @@ def test_sqlite_inserts_bench_runs_end_to_end() -> None:
     assert process.returncode == 0, process.stderr[-3000:]
     assert "297 numbers in 3 pages" in process.stdout
     assert len(re.findall(r"^\| .* \| [\d.]+ \| \d+ \|$", process.stdout, re.MULTILINE)) == 4
+
+
+def test_parse_bench_runs_end_to_end() -> None:
+    """bench/parse_bench.py on a small stock: the two ways agree on every page (it checks)."""
+    process = subprocess.run(
+        [sys.executable, str(BENCH.with_name("parse_bench.py")), "--size", "500", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "6 pages of up to 99 items" in process.stdout
+    assert len(re.findall(r"^\| .* \| \d+ \|$", process.stdout, re.MULTILINE)) == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -12,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from etl.records import Price, Rejection, StockItem
-from etl.source.parser import _fast, _parse, parse_item, parse_results
+from etl.source.client import decode_json
+from etl.source.parser import Parsed, _fast, _parse, decode_page, parse_item, parse_results
 
 
 def bird_item(**changes: Any) -> dict[str, Any]:
@@ -340,3 +342,78 @@ def test_the_fast_path_takes_a_usual_item() -> None:
     raw = bird_item()
     assert isinstance(_parse(raw), StockItem)
     assert _fast(raw) == _parse(raw)
+
+
+# decode_page: the usual page decoded and parsed in one pass. Whatever the page, it gives
+# exactly what decoding the JSON and parsing it item by item gives, or None, and it gives
+# None only when an item is not the usual, valid one (``_fast`` refuses it).
+
+
+def assert_page_agrees(raws: list[Any]) -> None:
+    content = json.dumps({"results": raws, "nextPageToken": "next", "extra": [1]}).encode()
+    decoded = decode_json(content)["results"]
+    for raw in decoded:
+        _parse(raw)  # it learns the channel names both fast paths look up
+    fast = [_fast(raw) for raw in decoded]
+    page = decode_page(content)
+    if any(item is None for item in fast):
+        assert page is None, raws
+        return
+    assert page is not None, raws
+    assert type(page["results"]) is Parsed
+    assert page["nextPageToken"] == "next"
+    assert list(page["results"]) == fast == [_parse(raw) for raw in decoded]
+    assert parse_results(page["results"]) == (fast, [])
+
+
+def test_the_page_path_takes_a_usual_page() -> None:
+    raws = [bird_item(), bird_item(numberString="+31612345679", unknown={"x": 1})]
+    page = decode_page(json.dumps({"results": raws}).encode())
+    assert page is not None
+    assert [item.number for item in page["results"]] == ["+31612345678", "+31612345679"]
+    assert "nextPageToken" not in page  # the last page: as its JSON decodes
+    assert_page_agrees(raws)
+
+
+def test_the_page_path_agrees_on_every_price_edge() -> None:
+    for values in itertools.product(*PRICE_EDGES.values()):
+        assert_page_agrees([bird_item(monthlyPrice=dict(zip(PRICE_EDGES, values, strict=True)))])
+
+
+@settings(max_examples=500)
+@given(st.lists(edge_items, max_size=4))
+def test_the_page_path_and_the_item_path_agree(raws: list[dict[str, Any]]) -> None:
+    assert_page_agrees(raws)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"[]",
+        b"{}",
+        b'{"results": 5}',
+        b'{"results": [1]}',
+        b'{"results": [null]}',
+        b'{"results": [{"numberString": "+31612345678"}]}',
+        b'{"results": [], "nextPageToken": NaN}',
+        json.dumps({"results": [bird_item()]}).encode("utf-16"),
+        b"<html>",
+    ],
+)
+def test_the_page_path_leaves_any_other_body_to_the_json_decoder(content: bytes) -> None:
+    assert decode_page(content) is None
+
+
+def test_a_channel_the_page_path_has_not_met_is_learned_by_the_item_path() -> None:
+    raws = [bird_item(capabilities={"zz_carrier_pigeon": {"inbound": True, "outbound": True}})]
+    content = json.dumps({"results": raws}).encode()
+    assert decode_page(content) is None
+    item = parse_item(raws[0])
+    assert isinstance(item, StockItem)
+    page = decode_page(content)
+    assert page is not None
+    assert list(page["results"]) == [item]
+    assert item.capabilities == (
+        ("zz_carrier_pigeon_inbound", True),
+        ("zz_carrier_pigeon_outbound", True),
+    )

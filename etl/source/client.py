@@ -47,6 +47,7 @@ from etl.errors import (
     RetriesExhausted,
     SourceError,
 )
+from etl.source.parser import decode_page
 from etl.source.ratelimit import RateLimiter
 
 log = logging.getLogger("etl.source")
@@ -442,7 +443,7 @@ class BirdClient:
 
     def _json(self, response: _Reply) -> Any:
         try:
-            return decode_json(response.content)
+            return decode_page(response.content) or decode_json(response.content)
         except (ValueError, RecursionError):
             content_type = response.headers.get("Content-Type", "none")
             raise PaginationError(
