@@ -148,6 +148,7 @@ def test_rejection_reasons(changes: dict[str, Any], reason: str) -> None:
     raw = bird_item(**changes)
     result = rejected(raw)
     assert reason in result.reason
+    assert_page_agrees([raw])  # the page goes the way that names the problem
     assert result.payload is raw
     readable = isinstance(raw["numberString"], str) and raw["numberString"] == "+31612345678"
     assert result.number == ("+31612345678" if readable else None)

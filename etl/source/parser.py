@@ -407,11 +407,11 @@ def parse_results(results: list[Any]) -> tuple[list[StockItem], list[Rejection]]
 
 # The usual page, decoded by msgspec straight into typed objects: each field's JSON type is
 # checked as it is decoded (a bool is not an int, nor 1.0), unknown fields are skipped, and
-# the values get ``_checked``'s checks: 223 us for a page of 99 against 364 for decoding it
-# to dicts and ``parse_results`` (bench/RESULTS.md, 28 November). Any page that does not fit
+# the values get ``_checked``'s checks: 168-171 us for a page of 99 against 402-407 for
+# decoding it to dicts and ``parse_results`` (bench/parse_bench.py). Any page that does not fit
 # (an invalid item, a channel not met yet, a body that is not the usual object) goes the
 # whole way: decoded to dicts, each item through ``parse_item``.
-class _Directions(msgspec.Struct, frozen=True):  # hashable: in the key of _WIRE_FLAGS
+class _Directions(msgspec.Struct):
     inbound: bool
     outbound: bool
 
@@ -427,7 +427,7 @@ class _WireItem(msgspec.Struct):
     id: str
     countryCode: str
     type: str
-    capabilities: dict[str, _Directions]
+    capabilities: msgspec.Raw  # its JSON, the key of _WIRE_FLAGS
     monthlyPrice: _WirePrice
     backOrderRequired: bool | None = None
     backOrderStockId: str | None = None
@@ -439,24 +439,30 @@ class _WirePage(msgspec.Struct):
 
 
 _PAGE_DECODER = msgspec.json.Decoder(_WirePage)
+_CAPABILITIES_DECODER = msgspec.json.Decoder(dict[str, _Directions])
 
 
 class Parsed(list[StockItem]):
     """A page's ``results`` parsed already, every one a valid item (``decode_page``)."""
 
 
-def _wire_flags(capabilities: dict[str, _Directions]) -> tuple[tuple[str, bool], ...] | None:
-    """The sorted capability flags of a decoded item's capabilities; None when there are too
-    many or a channel is not known yet. A listing has a handful of distinct capability sets,
-    so this is almost always a lookup."""
-    key = tuple(capabilities.items())
+def _wire_flags(capabilities: msgspec.Raw) -> tuple[tuple[str, bool], ...] | None:
+    """The sorted capability flags of an item's ``capabilities`` (its JSON); None when they
+    are not the usual ones: not an object of channels' {inbound, outbound} flags, too many
+    channels, or a channel not known yet. A listing writes a handful of distinct capability
+    sets, so this is almost always a lookup of the JSON's bytes."""
+    key = bytes(capabilities)
     flags = _WIRE_FLAGS.get(key)
     if flags is not None:
         return flags
-    if len(capabilities) > _FAST_CHANNELS:
+    try:
+        channels = _CAPABILITIES_DECODER.decode(key)
+    except msgspec.DecodeError:
+        return None
+    if len(channels) > _FAST_CHANNELS:
         return None
     pairs: list[tuple[str, bool]] = []
-    for channel, directions in key:
+    for channel, directions in channels.items():
         names = _CHANNEL_COLUMNS.get(channel)
         if names is None:
             return None  # not cached: the full check may learn the channel
@@ -468,7 +474,7 @@ def _wire_flags(capabilities: dict[str, _Directions]) -> tuple[tuple[str, bool],
     return flags
 
 
-_WIRE_FLAGS: dict[tuple[tuple[str, _Directions], ...], tuple[tuple[str, bool], ...]] = {}
+_WIRE_FLAGS: dict[bytes, tuple[tuple[str, bool], ...]] = {}
 
 
 def decode_page(content: bytes) -> dict[str, Any] | None:
