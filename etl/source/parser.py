@@ -408,9 +408,9 @@ def parse_results(results: list[Any]) -> tuple[list[StockItem], list[Rejection]]
 # The usual page, decoded by msgspec straight into typed objects: each field's JSON type is
 # checked as it is decoded (a bool is not an int, nor 1.0), unknown fields are skipped, and
 # the values get ``_checked``'s checks: 168-171 us for a page of 99 against 402-407 for
-# decoding it to dicts and ``parse_results`` (bench/parse_bench.py). Any page that does not fit
-# (an invalid item, a channel not met yet, a body that is not the usual object) goes the
-# whole way: decoded to dicts, each item through ``parse_item``.
+# decoding it to dicts and ``parse_results`` (bench/parse_bench.py). Any page that does not
+# fit (an invalid item, a channel not met yet, a body that is not the usual object) goes
+# the whole way: decoded to dicts, each item through ``parse_item``.
 class _Directions(msgspec.Struct):
     inbound: bool
     outbound: bool
