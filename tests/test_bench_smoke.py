@@ -83,30 +83,28 @@ def test_readme_bench_command_lines_parse() -> None:
         assert set(args.databases) <= {"sqlite", "postgresql"}
 
 
-def test_sqlite_inserts_bench_runs_end_to_end() -> None:
-    """bench/sqlite_inserts.py at three pages: every form stores every row (it checks)."""
-    script = BENCH.with_name("sqlite_inserts.py")
+def run_script(name: str, *args: str) -> str:
+    """Run bench/NAME with ARGS; its output, once it has exited 0."""
     process = subprocess.run(
-        [sys.executable, str(script), "--pages", "3"],
+        [sys.executable, str(BENCH.with_name(name)), *args],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert process.returncode == 0, process.stderr[-3000:]
-    assert "297 numbers in 3 pages" in process.stdout
-    assert len(re.findall(r"^\| .* \| [\d.]+ \| \d+ \|$", process.stdout, re.MULTILINE)) == 4
+    return process.stdout
+
+
+def test_sqlite_inserts_bench_runs_end_to_end() -> None:
+    """bench/sqlite_inserts.py at three pages: every form stores every row (it checks)."""
+    output = run_script("sqlite_inserts.py", "--pages", "3")
+    assert "297 numbers in 3 pages" in output
+    assert len(re.findall(r"^\| .* \| [\d.]+ \| \d+ \|$", output, re.MULTILINE)) == 4
 
 
 def test_parse_bench_runs_end_to_end() -> None:
     """bench/parse_bench.py on a small stock: the two ways agree on every page (it checks)."""
-    process = subprocess.run(
-        [sys.executable, str(BENCH.with_name("parse_bench.py")), "--size", "500", "--rounds", "1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert process.returncode == 0, process.stderr[-3000:]
-    assert "6 pages of up to 99 items" in process.stdout
-    assert len(re.findall(r"^\| .* \| \d+ \|$", process.stdout, re.MULTILINE)) == 3
+    output = run_script("parse_bench.py", "--size", "500", "--rounds", "1")
+    assert "6 pages of up to 99 items" in output
+    assert len(re.findall(r"^\| .* \| \d+ \|$", output, re.MULTILINE)) == 3
