@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from etl.records import Price, Rejection, StockItem
+from etl.source import parser
 from etl.source.client import decode_json
 from etl.source.parser import Parsed, _fast, _parse, decode_page, parse_item, parse_results
 
@@ -403,6 +404,59 @@ def test_the_page_path_and_the_item_path_agree(raws: list[dict[str, Any]]) -> No
 )
 def test_the_page_path_leaves_any_other_body_to_the_json_decoder(content: bytes) -> None:
     assert decode_page(content) is None
+
+
+USUAL_PAGE = json.dumps({"results": [bird_item()]}).encode()
+
+
+def with_field(raw: bytes) -> bytes:
+    """The usual page, with a field the typed decode skips: ``"x": <raw>``."""
+    return USUAL_PAGE[:-1] + b', "x": ' + raw + b"}"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        with_field(b'"\xff\xfe"'),  # not UTF-8, where only the typed decode skips it
+        with_field(b"1" * 4301),  # longer than Python converts an integer
+        with_field(b"[-" + b"9" * 5000 + b"]"),
+        USUAL_PAGE[:-1] + b', "nextPageToken": "\xff"}',
+        USUAL_PAGE.replace(b'"sms"', b'"s\xffms"'),  # a channel name
+    ],
+)
+def test_a_body_the_json_decoder_refuses_is_refused_the_same_way(content: bytes) -> None:
+    # Else a page the item path refuses (PaginationError, the run retried) would be synced.
+    with pytest.raises(ValueError, match=r"utf-8|integer string conversion"):
+        decode_json(content)
+    assert decode_page(content) is None  # and it does not raise
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '"Zürich ☎"'.encode(),  # UTF-8 that is not ASCII
+        b"1" * 4300,  # as long as Python converts
+        b"[" + b"1" * 2200 + b", " + b"2" * 2200 + b"]",  # two runs, each sampled
+    ],
+)
+def test_the_page_path_still_takes_a_body_the_json_decoder_takes(raw: bytes) -> None:
+    content = with_field(raw)
+    assert decode_json(content)["x"] == json.loads(raw)
+    page = decode_page(content)
+    assert page is not None
+    assert list(page["results"]) == [parse_item(bird_item())]
+
+
+def test_the_capability_cache_keeps_only_short_keys() -> None:
+    long = json.dumps(bird_item()["capabilities"], indent=600).encode()
+    assert len(long) > parser._WIRE_KEY_MAX
+    content = USUAL_PAGE.replace(json.dumps(bird_item()["capabilities"]).encode(), long)
+    assert content != USUAL_PAGE
+    page = decode_page(content)
+    assert page is not None
+    assert list(page["results"]) == [parse_item(bird_item())]
+    assert long not in parser._WIRE_FLAGS
+    assert json.dumps(bird_item()["capabilities"]).encode() in parser._WIRE_FLAGS
 
 
 def test_a_channel_the_page_path_has_not_met_is_learned_by_the_item_path() -> None:
