@@ -115,8 +115,9 @@ def required_problem(key: str) -> str:
 
 # Connection options in a URL's query string whose values are secrets: libpq's `password`
 # and `sslpassword`, PyMySQL's `password`, `passwd` and `ssl_key_password`, and anything
-# else named like one.
-_SECRET_OPTION = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)
+# else named like one, misspelt ones included (`pasword`, `paswd`, `pw`): an option the
+# driver does not know is a configuration error that shows the URL.
+_SECRET_OPTION = re.compile(r"pa?s|pw|secret|token|key|cred|auth", re.IGNORECASE)
 _QUERY_OPTION = re.compile(r"([?&]([^=&]*)=)([^&]*)")
 
 
@@ -124,9 +125,16 @@ def _is_secret_option(name: str) -> bool:
     return bool(_SECRET_OPTION.search(unquote_plus(name)))
 
 
+def _stray_at(url: URL) -> bool:
+    """Whether an '@' is left in the host, or in the database name of a URL with a host: a
+    password holding an '@' that was not percent-encoded (``u:Xy@Zq/w9@h/db`` parses as
+    password 'Xy', host 'Zq', database 'w9@h/db': part of the password shows as a host)."""
+    return bool(url.host) and ("@" in url.host or "@" in (url.database or ""))
+
+
 def _parsed_url(url: str) -> URL | None:
-    """``url`` parsed, or None when it cannot be, or when an '@' is left in its host (a
-    password holding an '@' that was not percent-encoded: the host then holds its end)."""
+    """``url`` parsed, or None when it cannot be, or when an '@' is left where a password
+    holding one that was not percent-encoded would put the password's end (``_stray_at``)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -134,9 +142,7 @@ def _parsed_url(url: str) -> URL | None:
         parsed = make_url(url)  # ValueError for a port that is not a number
     except (ArgumentError, ValueError):
         return None
-    if parsed.host and "@" in parsed.host:
-        return None
-    return parsed
+    return None if _stray_at(parsed) else parsed
 
 
 def _mask_query(text: str) -> str:
@@ -276,7 +282,7 @@ def _parse_database_url(value: Any) -> str:
             "goes in brackets, e.g. postgresql+psycopg://user@host:5432/db or "
             "postgresql+psycopg://user@[::1]:5432/db"
         ) from None
-    if url.host and "@" in url.host:
+    if _stray_at(url):
         raise ValueError(
             "has more than one '@' before its host: percent-encode an '@' in the user name "
             "or password as %40 (and ':' as %3A, '/' as %2F)"
@@ -298,11 +304,7 @@ def _parse_database_url(value: Any) -> str:
     try:
         dialect.import_dbapi()
     except ImportError:
-        extra = "postgresql" if dialect.name == "postgresql" else "mysql"
-        raise ValueError(
-            f"needs the {url.drivername!r} driver, which is not installed; "
-            f"install it with: pip install 'numbers-etl[{extra}]'"
-        ) from None
+        raise ValueError(_missing_driver(url, dialect.name)) from None
     unknown = _unknown_connect_options(url, dialect)
     if unknown:
         raise ValueError(
@@ -315,6 +317,29 @@ def _parse_database_url(value: Any) -> str:
     if bad:
         raise ValueError("; ".join(bad))
     return url_text
+
+
+# The driver each database's extra installs (pip install 'numbers-etl[postgresql]').
+_SHIPPED_DRIVERS = {"postgresql": "psycopg", "mysql": "pymysql", "mariadb": "pymysql"}
+
+
+def _missing_driver(url: URL, database: str) -> str:
+    """What to do when the URL's driver is not installed: install the extra that has it,
+    or, for a driver the extras do not install (``mysql://`` means mysqlclient), name
+    the URL that uses the one they do."""
+    driver = url.get_driver_name()
+    missing = f"needs the {driver!r} driver, which is not installed"
+    shipped = _SHIPPED_DRIVERS.get(database)
+    if shipped is None:
+        return f"{missing}; use sqlite:///path/to/file.sqlite (Python's own sqlite3)"
+    extra = "postgresql" if database == "postgresql" else "mysql"
+    install = f"pip install 'numbers-etl[{extra}]'"
+    if driver == shipped:
+        return f"{missing}; install it with: {install}"
+    return (
+        f"{missing}; use the {shipped!r} driver that {install} installs: "
+        f"start the URL with {database}+{shipped}:// (or install {driver!r} yourself)"
+    )
 
 
 # libpq's connection options that take one of a few words, or a whole number (libpq checks

@@ -344,6 +344,21 @@ def test_passwords_in_the_query_string_are_hidden(url: str) -> None:
     assert SECRET not in str(s.redacted())
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql+psycopg://root@127.0.0.1/test?pasword={SECRET}",
+        f"mysql+pymysql://root@127.0.0.1/test?paswd={SECRET}",
+        f"postgresql+psycopg://root@127.0.0.1/test?pw={SECRET}",
+    ],
+)
+def test_a_misspelt_password_option_is_refused_without_its_value(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"which the .* driver does not know") as caught:
+        load_settings(env={"NUMBERS_ETL_DATABASE_URL": url})
+    assert SECRET not in str(caught.value)
+    assert "=***" in str(caught.value)
+
+
 def test_other_query_options_stay_visible() -> None:
     url = f"postgresql+psycopg://u:{SECRET}@h/db?sslmode=require&application_name=etl"
     assert redact_url(url) == (
@@ -364,6 +379,12 @@ def test_url_secrets_include_the_percent_encoded_forms() -> None:
         (f"postgresql+psycopg//u:{SECRET}@h/db", "postgresql+psycopg//u:***@h/db"),
         # an '@' in the password that was not percent-encoded
         (f"postgresql+psycopg://u:{SECRET}@pw@h/db", "postgresql+psycopg://u:***@h/db"),
+        # ... and a '/' after it: the password's end parsed as a host, its rest a database
+        (
+            f"postgresql+psycopg://u:Xy@Zq/{SECRET}@h:5432/db",
+            "postgresql+psycopg://u:***@h:5432/db",
+        ),
+        (f"mysql+pymysql://u:Xy@Zq/{SECRET}@h/db", "mysql+pymysql://u:***@h/db"),
         (
             f"postgresql+psycopg://u:{SECRET}@h:notaport/db",
             "postgresql+psycopg://u:***@h:notaport/db",
@@ -385,6 +406,7 @@ def test_credentials_of_an_unparsable_url_are_hidden(url: str, shown: str) -> No
         (f"postgresql+psycopg://u:{SECRET}@[::1/db", "has a malformed host or port"),
         (f"postgresql+psycopg://u:{SECRET}@h:70000/db", "has a port outside 1..65535"),
         (f"postgresql+psycopg://u:{SECRET}@pw@h/db", "percent-encode an '@'"),
+        (f"postgresql+psycopg://u:Xy@Zq/{SECRET}@h:5432/db", "percent-encode an '@'"),
         (f"postgresql+psycopg//u:{SECRET}@h/db", "is not a database URL"),
     ],
 )
@@ -517,3 +539,24 @@ def test_a_utf8_byte_order_mark_is_not_part_of_a_value(tmp_path: Path) -> None:
     s = load_settings(env={"NUMBERS_ETL_ACCESS_KEY_FILE": str(key_file)}, config_path=path)
     assert s.access_key == Secret("sk_live_very_secret")
     assert s.countries == ("US",)
+
+
+def test_an_at_sign_in_a_sqlite_path_is_a_path(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/user@corp/numbers.sqlite"
+    assert load_settings(env={"NUMBERS_ETL_DATABASE_URL": url}).database_url == url
+    assert "***" not in redact_url(url)  # no password to hide
+
+
+@pytest.mark.parametrize(
+    ("url", "advice"),
+    [
+        # mysqlclient, which SQLAlchemy takes for mysql://, is not the driver the extra has
+        ("mysql://root@127.0.0.1/test", r"start the URL with mysql\+pymysql://"),
+        ("mariadb+mysqldb://root@127.0.0.1/test", r"start the URL with mariadb\+pymysql://"),
+        ("postgresql+psycopg2://root@127.0.0.1/test", r"start the URL with postgresql\+psycopg://"),
+        ("sqlite+pysqlcipher:///x.sqlite", r"use sqlite:///path/to/file.sqlite"),
+    ],
+)
+def test_a_driver_that_is_not_installed_is_named_with_the_one_to_use(url: str, advice: str) -> None:
+    with pytest.raises(ConfigError, match=r"driver, which is not installed; .*" + advice):
+        load_settings(env={"NUMBERS_ETL_DATABASE_URL": url})
