@@ -340,6 +340,7 @@ def _removals(
         max_fraction=settings.max_removal_fraction,
         accepted=scope.country_code in accepted,
         missed=len(missed),
+        confirmations=settings.removal_confirmations,
     )
     if not decision.proceed:
         report.status, report.error = "held", decision.reason

@@ -165,7 +165,18 @@ def test_guard_holds_an_empty_listing_and_lets_accepted_removals_through() -> No
     assert not held.proceed
     assert held.reason is not None
     assert "none of the 1000 available numbers" in held.reason
-    assert "--accept-removals US" in held.reason
+    assert held.reason.endswith("run `numbers-etl sync --accept-removals US` once")
+    assert "on each run until they are removed" in (
+        removal_guard(
+            country="US",
+            available=1000,
+            would_remove=1000,
+            max_fraction=half,
+            accepted=False,
+            confirmations=2,
+        ).reason
+        or ""
+    )
     assert removal_guard(
         country="US", available=1000, would_remove=1000, max_fraction=half, accepted=True
     ).proceed

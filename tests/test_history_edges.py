@@ -160,6 +160,28 @@ def test_empty_listing_is_held_even_before_removals_are_due(engine: Engine) -> N
     assert stored(engine, numbers_[0].number).removed_at == T0 + 3 * HOUR
 
 
+def test_accepting_removals_takes_a_run_each_until_the_confirmations_are_met(
+    engine: Engine,
+) -> None:
+    """removal_confirmations 3: acceptance is for one run, and each number needs three
+    missing runs, so an empty listing needs accepting on each run until they are removed;
+    the held reason says so (with 1 it says once)."""
+    settings = cfg(max_removal_fraction=Decimal("0.5"), removal_confirmations=3)
+    numbers_ = [item("+31205550000"), item("+31205550001")]
+    run(engine, settings, {"NL": page("NL", T0, numbers_)})
+    held = run(engine, settings, {"NL": page("NL", T0 + HOUR, [])})
+    reason = held.scopes[0].error or ""
+    assert "--accept-removals NL` on each run until they are removed" in reason
+    assert "removal_confirmations = 3" in reason
+    accepted = run(engine, settings, {"NL": page("NL", T0 + 2 * HOUR, [])}, accept_removals=["NL"])
+    assert (accepted.status, accepted.total("removed")) == ("succeeded", 0)
+    again = run(engine, settings, {"NL": page("NL", T0 + 3 * HOUR, [])})
+    assert [s.status for s in again.scopes] == ["held"]
+    last = run(engine, settings, {"NL": page("NL", T0 + 4 * HOUR, [])}, accept_removals=["NL"])
+    assert last.total("removed") == 2
+    assert stored(engine, numbers_[0].number).removed_at == T0 + HOUR
+
+
 def test_run_that_lost_its_lock_closes_nothing(engine: Engine) -> None:
     """A run paused past its lock's expiry, whose lock another sync took: its pages were
     written, but its close would count what the newer run saw as missed. It removes nothing."""

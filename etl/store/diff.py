@@ -256,6 +256,7 @@ def removal_guard(
     max_fraction: Decimal,
     accepted: bool,
     missed: int | None = None,
+    confirmations: int = 1,
 ) -> RemovalDecision:
     """The mass-removal guard: hold a scope that would remove more than ``max_fraction`` of
     its available numbers, unless an operator accepted the removals for this run.
@@ -263,7 +264,9 @@ def removal_guard(
     ``missed``: how many available numbers the complete listing missed (by default
     ``would_remove``). A listing that missed every one of them (an empty listing, the
     typical outage) is held even when ``removal_confirmations`` means this run would
-    remove none of them yet; a ``max_fraction`` of 1 turns the guard off."""
+    remove none of them yet; a ``max_fraction`` of 1 turns the guard off. The reason says
+    how to accept: once, or with ``removal_confirmations`` above 1 on each run until the
+    numbers are removed (acceptance is for one run, each missed number needs that many)."""
     missed = would_remove if missed is None else missed
     if accepted or available == 0 or max_fraction >= 1:
         return RemovalDecision(True)
@@ -271,8 +274,7 @@ def removal_guard(
         return RemovalDecision(
             False,
             f"the listing had none of the {available} available numbers; nothing removed. "
-            "If they really are all gone, run "
-            f"`numbers-etl sync --accept-removals {country}` once",
+            f"If they really are all gone, {_how_to_accept(country, confirmations)}",
         )
     if would_remove == 0 or Decimal(would_remove) <= max_fraction * available:
         return RemovalDecision(True)
@@ -281,5 +283,16 @@ def removal_guard(
         False,
         f"would remove {would_remove} of {available} available numbers "
         f"({share:.0%} > max_removal_fraction {max_fraction:.0%}); nothing removed. "
-        f"If the listing really shrank, run `numbers-etl sync --accept-removals {country}` once",
+        f"If the listing really shrank, {_how_to_accept(country, confirmations)}",
+    )
+
+
+def _how_to_accept(country: str, confirmations: int) -> str:
+    command = f"`numbers-etl sync --accept-removals {country}`"
+    if confirmations <= 1:
+        return f"run {command} once"
+    return (
+        f"run {command} on each run until they are removed: with removal_confirmations = "
+        f"{confirmations}, a number goes only once {confirmations} complete runs in a row "
+        "missed it (this one counted)"
     )

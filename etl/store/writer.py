@@ -727,6 +727,7 @@ def close_scope(
             max_fraction=max_fraction,
             accepted=accepted,
             missed=missed_count,
+            confirmations=confirmations,
         )
         if removals_allowed
         else RemovalDecision(False, None)
