@@ -213,3 +213,36 @@ def test_numbers_leaves_room_on_its_pages_for_the_rows_every_sync_rewrites(
         assert "postgresql_with" not in inspect(engine).get_table_options("numbers")
     finally:
         engine.dispose()
+
+
+def test_a_first_upgrade_that_fails_halfway_leaves_nothing_and_runs_again(
+    empty_db_url: str,
+) -> None:
+    """The first upgrade fails at its third view (here a table already has the view's name;
+    in the field, a MariaDB user without the CREATE VIEW privilege). MySQL commits each
+    CREATE at once, so the tables were left without a revision and every later upgrade
+    failed on "Table 'numbers' already exists". It must leave what it created behind on no
+    database, keep what was there, and succeed once the cause is gone."""
+    engine = make_engine(empty_db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE v_removed_numbers (mine INTEGER)"))
+            conn.execute(text("INSERT INTO v_removed_numbers (mine) VALUES (7)"))
+        with pytest.raises(Exception, match="v_removed_numbers") as caught:
+            migrate.upgrade(engine)
+        assert "already exists" in str(caught.value)
+        assert migrate.current_revision(engine) is None
+        insp = inspect(engine)
+        left = {*insp.get_table_names(), *insp.get_view_names()} - {"alembic_version"}
+        assert left == {"v_removed_numbers"}
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT mine FROM v_removed_numbers")).scalar() == 7
+            conn.execute(text("DROP TABLE v_removed_numbers"))
+        migrate.upgrade(engine)
+        assert migrate.current_revision(engine) == migrate.head_revision()
+        assert set(inspect(engine).get_view_names()) >= VIEWS
+    finally:
+        if "v_removed_numbers" in inspect(engine).get_table_names():
+            with engine.begin() as conn:
+                conn.execute(text("DROP TABLE v_removed_numbers"))
+        engine.dispose()
