@@ -550,8 +550,10 @@ def db_current(settings: Settings) -> None:
     """Show the database's migration revision and the code's."""
     from etl.store import migrate
 
-    with _engine(settings) as engine:
-        current = migrate.current_revision(engine)
+    current = None
+    if not migrate.missing_database(settings.database_url, default=False):
+        with _engine(settings) as engine:  # not for a file that is not there: it would be
+            current = migrate.current_revision(engine)  # created, empty
     head = migrate.head_revision()
     if current == head:
         state = "up to date"
@@ -580,11 +582,11 @@ def runs(settings: Settings, limit: int) -> None:
     rows: list[dict[str, Any]] = []
     path = sqlite_path(settings.database_url)
     if path is not None and not path.exists():  # not created by a read
-        if not settings.uses_default_database:
-            raise SchemaOutOfDate(
-                f"there is no database at {path}; check database_url, or create it with "
-                "`numbers-etl db upgrade`"
-            )
+        missing = migrate.missing_database(
+            settings.database_url, default=settings.uses_default_database
+        )
+        if missing is not None:
+            raise missing
     else:
         with _engine(settings) as engine:
             # a default file created empty (by the scheduler's metrics, say): no sync yet

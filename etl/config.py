@@ -129,7 +129,7 @@ def _stray_at(url: URL) -> bool:
     """Whether an '@' is left in the host, or in the database name of a URL with a host: a
     password holding an '@' that was not percent-encoded (``u:Xy@Zq/w9@h/db`` parses as
     password 'Xy', host 'Zq', database 'w9@h/db': part of the password shows as a host)."""
-    return bool(url.host) and ("@" in url.host or "@" in (url.database or ""))
+    return url.host is not None and ("@" in url.host or "@" in (url.database or ""))
 
 
 def _parsed_url(url: str) -> URL | None:

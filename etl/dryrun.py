@@ -13,7 +13,7 @@ from sqlalchemy import Engine, create_engine, inspect, select
 from sqlalchemy.exc import DBAPIError
 
 from etl.config import Settings
-from etl.errors import AuthError, Interrupted, SchemaOutOfDate, SourceError
+from etl.errors import AuthError, Interrupted, SourceError
 from etl.records import Page, Scope
 from etl.store.diff import (
     TRACKED_FIELDS,
@@ -25,7 +25,7 @@ from etl.store.diff import (
     removal_guard,
 )
 from etl.store.engine import make_engine, sqlite_path
-from etl.store.migrate import check_schema
+from etl.store.migrate import check_schema, no_database
 from etl.store.schema import numbers
 from etl.store.writer import read_stored, scope_filter
 from etl.sync import (
@@ -176,10 +176,7 @@ def _uses_history(settings: Settings, engine: Engine | None) -> bool:
     if engine is None:
         if settings.uses_default_database:
             return False  # the sync creates the default file
-        raise SchemaOutOfDate(
-            f"there is no database at {sqlite_path(settings.database_url)}; create it with "
-            "`numbers-etl db upgrade` first"
-        )
+        raise no_database(sqlite_path(settings.database_url))
     if settings.uses_default_database:
         with engine.connect() as conn:
             if "numbers" not in inspect(conn).get_table_names():

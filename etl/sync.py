@@ -34,7 +34,7 @@ from etl.store.engine import (
     write_transaction,
 )
 from etl.store.lock import DatabaseLock
-from etl.store.migrate import check_schema
+from etl.store.migrate import check_schema, missing_database
 from etl.store.writer import PageCounts, ScopeClose, apply_page, close_scope
 
 if TYPE_CHECKING:
@@ -234,7 +234,11 @@ class Sync:
     def _run(self) -> RunResult:
         # The default SQLite file is created and migrated on first use; any other database
         # must be migrated on purpose (`numbers-etl db upgrade`).
-        check_schema(self.engine, create_if_new=self.settings.uses_default_database)
+        default = self.settings.uses_default_database
+        missing = missing_database(self.settings.database_url, default=default)
+        if missing is not None:
+            raise missing  # before connecting, which would leave an empty file
+        check_schema(self.engine, create_if_new=default)
         lock = DatabaseLock(self.engine, ttl=self.settings.lock_ttl_seconds)
         lock.acquire()
         try:

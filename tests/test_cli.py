@@ -352,6 +352,34 @@ def test_runs_before_the_first_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert not (tmp_path / "typo.sqlite").exists()
 
 
+def test_no_command_leaves_an_empty_file_for_a_database_that_is_not_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A typo in a SQLite database_url: sync, its dry run and `db current` say so, and none
+    of them creates the file by connecting (a later `db upgrade` of the right path is
+    then not the only one)."""
+    monkeypatch.chdir(tmp_path)
+    typo = tmp_path / "typo.sqlite"
+    env = {
+        "NUMBERS_ETL_DATABASE_URL": f"sqlite:///{typo}",
+        "NUMBERS_ETL_ACCESS_KEY": "abcdefgh-unused",
+        "NUMBERS_ETL_ORGANIZATION_ID": "org",
+        "NUMBERS_ETL_COUNTRIES": "NL",
+        "NUMBERS_ETL_API_URL": "http://127.0.0.1:9",  # nothing listens: never reached
+    }
+    for args in (["sync"], ["sync", "--dry-run"]):
+        result = invoke(env, *args)
+        assert result.exit_code == 2, (args, result.stderr)
+        assert f"there is no database at {typo};" in result.stderr
+        assert not typo.exists(), args
+    current = invoke(env, "db", "current")
+    assert current.exit_code == 0
+    assert current.stdout.startswith("database: none  code: ")
+    assert not typo.exists()
+    assert invoke(env, "db", "upgrade").exit_code == 0
+    assert "(up to date)" in invoke(env, "db", "current").stdout
+
+
 def test_python_m_etl_is_the_same_command(tmp_path: Path) -> None:
     result = run_etl(["--version"], {}, tmp_path)
     assert result.returncode == 0

@@ -15,6 +15,7 @@ from alembic.util import CommandError
 from sqlalchemy import Engine
 
 from etl.errors import SchemaOutOfDate
+from etl.store.engine import sqlite_path
 
 
 def alembic_config() -> Config:
@@ -35,6 +36,25 @@ def known_revision(revision: str) -> bool:
         return _script().get_revision(revision) is not None
     except (CommandError, RevisionError):  # "Can't locate revision ..."
         return False
+
+
+def missing_database(url: str, *, default: bool) -> SchemaOutOfDate | None:
+    """The error for a SQLite file that does not exist, so that a command that needs the
+    history says so instead of creating an empty file by connecting; None when the file
+    exists, for another database, and for the ``default`` file, which the sync creates."""
+    path = sqlite_path(url)
+    if path is None or default or path.exists():
+        return None
+    return no_database(path)
+
+
+def no_database(path: Path | None) -> SchemaOutOfDate:
+    """The error for the SQLite file at ``path`` that is not there."""
+    where = path.absolute() if path is not None else "that SQLite URL"
+    return SchemaOutOfDate(
+        f"there is no database at {where}; check database_url, or create it with "
+        "`numbers-etl db upgrade`"
+    )
 
 
 def newer_database(current: str) -> SchemaOutOfDate:
