@@ -159,3 +159,11 @@ def test_json_lines_carry_extra_fields() -> None:
     assert parsed["scopes"] == {"US": "complete"}
     assert parsed["level"] == "warning"
     assert parsed["ts"].endswith("+00:00")
+
+
+def test_a_text_line_starts_with_the_utc_time_and_date() -> None:
+    rec = record("hello %s", "world")
+    rec.created = 1_795_000_000.75  # 2026-11-18T11:06:40Z, in any local time zone
+    line = TextFormatter().format(rec)
+    assert line.startswith("2026-11-18T11:06:40Z WARNING ")
+    assert line.endswith(": hello world")
