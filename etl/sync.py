@@ -365,8 +365,13 @@ class Sync:
                 self.engine,
                 lambda conn: runs.finish_scope(conn, row_id, result.status, utcnow(), result.error),
             )
-        except SQLAlchemyError:
-            log.exception("could not record the end of scope %s", result.scope.key)
+        except SQLAlchemyError as exc:  # the database went away: a line, not a traceback
+            log.error(
+                "could not record the end of scope %s: %s",
+                result.scope.key,
+                _db_message(exc),
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
 
     def _page(
         self, run_id: int, scope: Scope, row_id: int, conn: Connection, result: ScopeResult

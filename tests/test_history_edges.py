@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -12,9 +13,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, event, select, text
+from sqlalchemy.exc import OperationalError
 
 from etl.config import Settings
-from etl.errors import AuthError, LockHeld
+from etl.errors import AuthError, LockHeld, SourceError
 from etl.records import Page, Price, Rejection, Scope, StockItem
 from etl.store.diff import attribute_values, price_values
 from etl.store.lock import DatabaseLock
@@ -556,3 +558,30 @@ def test_a_changed_event_names_its_fields_alike_on_every_database(engine: Engine
             "voice_inbound: true -> false; back_order_required: false -> true; "
             "back_order_stock_id: null -> bo-7"
         ]
+
+
+def test_a_database_that_goes_away_costs_a_line_a_scope_not_a_traceback(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database fails as a failed scope is recorded (the server went away): the log
+    says so in one line, without the ~70-line traceback it printed for each country."""
+
+    def source(scope: Scope) -> Iterator[Page]:
+        raise SourceError("Bird is down")
+        yield  # a generator
+
+    def refuse(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().startswith("UPDATE sync_scopes"):
+            raise OperationalError(statement, None, Exception("server closed the connection"))
+
+    event.listen(engine, "before_cursor_execute", refuse)
+    caplog.set_level(logging.INFO)
+    try:
+        Sync(cfg(), engine=engine, page_source=source).run()
+    finally:
+        event.remove(engine, "before_cursor_execute", refuse)
+    lines = [r for r in caplog.records if "could not record the end of scope" in r.getMessage()]
+    assert [r.getMessage() for r in lines] == [
+        "could not record the end of scope NL: server closed the connection"
+    ]
+    assert [r for r in caplog.records if r.exc_info] == []

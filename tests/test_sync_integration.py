@@ -448,3 +448,17 @@ def test_every_value_is_stored_exactly(
         "fax_2_inbound,fax_2_outbound,rcs_inbound"
     )
     assert len(row(engine, "+12125550105").other_capabilities) == 497
+
+
+def test_a_listing_that_loops_fails_its_scope_saying_so_once(
+    simulator: Simulator, db_url: str
+) -> None:
+    simulator.faults.add("repeat_token")
+    result = sync(simulator, db_url, page_size=50)
+    failed = [s for s in result.scopes if s.status == "failed"]  # those of two pages or more
+    assert failed
+    for scope in failed:
+        error = scope.error or ""
+        assert "loop detected" in error
+        assert error.endswith("the scope cannot be paged to its end; nothing removed")
+        assert error.count("removed") == 1

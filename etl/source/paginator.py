@@ -103,7 +103,7 @@ class TokenPaginator:
     def error(self, problem: str) -> PaginationError:
         return PaginationError(
             f"scope {self.scope.key}, page {self.index}: {problem}; "
-            "the scope cannot be paged to its end, so nothing is removed in it"
+            "the scope cannot be paged to its end"  # the sync adds "; nothing removed"
         )
 
 
