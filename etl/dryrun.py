@@ -287,15 +287,14 @@ def _scope(
                 }
             changes = written.diff(stored, page)
             for item in changes.new:
-                report.note("listed", f"{item.number} {item.price.value} {item.price.currency}")
+                report.note("listed", f"{item.number} {item.price}")
             for event in changes.events:
                 if event.event != "listed":
                     report.note(event.event, f"{event.number}: {event.detail}")
             for before, item in changes.price_changes:
                 report.note(
                     "price_changes",
-                    f"{item.number}: {before.price.value} {before.price.currency} -> "
-                    f"{item.price.value} {item.price.currency}",
+                    f"{item.number}: {before.price} -> {item.price}",
                 )
     except Interrupted:
         report.status, report.error = "aborted", "stopped by a signal"

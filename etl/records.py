@@ -48,6 +48,10 @@ class Price:
     def value(self) -> Decimal:
         return Decimal(self.amount).scaleb(self.exponent)
 
+    def __str__(self) -> str:
+        """``0.000000000001 EUR``, ``1.50 EUR``: plain digits, never ``1E-12``."""
+        return f"{self.value:f} {self.currency}"
+
     def same_as(self, other: Price | None) -> bool:
         """Equal as exact decimals with the same currency (35,-1 == 3500000,-6)."""
         if other is None or self.currency != other.currency:

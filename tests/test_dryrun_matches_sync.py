@@ -318,3 +318,16 @@ def test_a_missing_database_file_is_refused_as_the_sync_refuses_it(tmp_path: Any
     with pytest.raises(SchemaOutOfDate, match="db upgrade"):
         dry_run(settings, page_source=source_of({"NL": [pg("NL", T0, [item("+31205550000")])]}))
     assert not (tmp_path / "mine.sqlite").exists()
+
+
+def test_the_dry_run_shows_prices_in_plain_digits(engine: Engine) -> None:
+    settings = cfg(engine)
+    tiny = StockItem(
+        "+31205550100", "a", "NL", "local", (), Price("EUR", 1, -12), False
+    )  # fmt: skip
+    real(engine, settings, {"NL": [pg("NL", T0, [item("+31205550101")])]})
+    raised = item("+31205550101", amount=35000)
+    dry = dry_run(settings, page_source=source_of({"NL": [pg("NL", T0 + HOUR, [tiny, raised])]}))
+    examples = dry.scopes[0].examples
+    assert examples["listed"] == ["+31205550100 0.000000000001 EUR"]
+    assert examples["price_changes"] == ["+31205550101: 3.50 EUR -> 350.00 EUR"]
