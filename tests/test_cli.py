@@ -84,10 +84,12 @@ def test_unreachable_database_exits_1(simulator: Simulator) -> None:
 def test_a_sqlite_file_that_cannot_be_opened_is_named(simulator: Simulator, tmp_path: Path) -> None:
     """It said only "the database failed: unable to open database file"."""
     path = tmp_path / "missing-directory" / "numbers.sqlite"
-    result = invoke(sim_env(simulator, f"sqlite:///{path}"), "sync")
-    assert result.exit_code == 1
-    assert result.stderr.startswith(f"Error: the SQLite database {str(path)!r} failed: ")
-    assert "check that its directory exists" in result.stderr
+    for args in (["sync"], ["sync", "--dry-run"]):
+        result = invoke(sim_env(simulator, f"sqlite:///{path}"), *args)
+        assert result.exit_code == 2  # as for any database not created yet
+        assert result.stderr.startswith(
+            f"Error: there is no database at {path}, nor its directory {path.parent}; "
+        )
 
 
 def test_a_sqlite_error_of_another_kind_gets_no_hint_about_directories() -> None:
@@ -100,6 +102,10 @@ def test_a_sqlite_error_of_another_kind_gets_no_hint_about_directories() -> None
     exc = OperationalError("BEGIN", {}, sqlite3.OperationalError("database is locked"))
     message = str(database_failed("sqlite:////tmp/x.sqlite", exc))
     assert message == "the SQLite database '/tmp/x.sqlite' failed: database is locked"
+    # the default file, which the sync creates, in a directory it may not write
+    exc = OperationalError("BEGIN", {}, sqlite3.OperationalError("unable to open database file"))
+    message = str(database_failed("sqlite:////tmp/x.sqlite", exc))
+    assert message.endswith("(check that its directory exists and that this user may write there)")
 
 
 def test_bad_configuration_exits_2_naming_every_problem(simulator: Simulator, db_url: str) -> None:

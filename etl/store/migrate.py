@@ -50,9 +50,20 @@ def missing_database(url: str, *, default: bool) -> SchemaOutOfDate | None:
 
 def no_database(path: Path | None) -> SchemaOutOfDate:
     """The error for the SQLite file at ``path`` that is not there."""
-    where = path.absolute() if path is not None else "that SQLite URL"
+    if path is None:
+        return SchemaOutOfDate(
+            "there is no database at that SQLite URL; check database_url, or create it with "
+            "`numbers-etl db upgrade`"
+        )
+    path = path.absolute()
+    if not path.parent.is_dir():
+        return SchemaOutOfDate(
+            f"there is no database at {path}, nor its directory {path.parent}; check "
+            "database_url, or create the directory and then the database with "
+            "`numbers-etl db upgrade`"
+        )
     return SchemaOutOfDate(
-        f"there is no database at {where}; check database_url, or create it with "
+        f"there is no database at {path}; check database_url, or create it with "
         "`numbers-etl db upgrade`"
     )
 
