@@ -19,6 +19,8 @@ from sqlalchemy.exc import OperationalError
 from etl.config import Secret, Settings, redact_url
 from etl.errors import ConfigError, DatabaseError
 from etl.report import summary_line
+from etl.store import demo_mark
+from etl.store.demo_mark import DEMO_APPLICATION_ID, DEMO_MARK_TABLE
 from etl.store.engine import make_engine, sqlite_path
 from etl.store.migrate import check_schema, current_revision, downgrade
 from etl.store.schema import number_events, numbers, price_changes, sync_runs
@@ -29,13 +31,9 @@ ORGANIZATION_ID = "demo-organization"
 SEED = 20240601
 SIZE = 900  # numbers at the start, spread over the countries
 EXAMPLES = 3
-# PRAGMA application_id of a SQLite file the demo wrote ("nEdm"): such a file is the demo's
-# own and is started afresh; any other file with runs in it is left alone.
-DEMO_APPLICATION_ID = 0x6E45646D
-# The same mark in a server database (PostgreSQL, MySQL): a table of this name, which the
-# demo creates next to the history it writes. Such a database is emptied (every numbers-etl
-# table and view dropped) and written afresh; any other database with runs is left alone.
-DEMO_MARK_TABLE = "numbers_etl_demo"
+# A database with the demo's mark (etl.store.demo_mark) is the demo's own: it is started
+# afresh (a SQLite file deleted; a server database's numbers-etl tables and views dropped).
+# Any other database with runs in it is left alone.
 
 QUERIES = (
     (
@@ -213,14 +211,7 @@ def run_demo(
         with _database_errors(database_url):
             check_schema(engine, create_if_new=True)
         with engine.begin() as conn:
-            if sqlite_path(database_url) is not None:
-                conn.execute(text(f"PRAGMA application_id = {DEMO_APPLICATION_ID}"))
-            else:
-                conn.execute(text(f"CREATE TABLE {DEMO_MARK_TABLE} (note VARCHAR(200))"))
-                conn.execute(
-                    text(f"INSERT INTO {DEMO_MARK_TABLE} (note) VALUES (:note)"),
-                    {"note": "numbers-etl demo wrote this history; the next demo starts afresh"},
-                )
+            demo_mark.mark(conn)
         access_key = secrets.token_urlsafe(24)
         with Simulator(stock, access_key=access_key, organization_id=ORGANIZATION_ID) as sim:
             settings = Settings(
@@ -244,7 +235,7 @@ def run_demo(
                         f"{change['removed']} numbers sold, {change['added']} new, "
                         f"{change['relisted']} back on offer)"
                     )
-                result = Sync(settings, engine=engine).run()
+                result = Sync(settings, engine=engine, demo=True).run()
                 results.append(result)
                 _tell_run(echo, result, engine)
         echo("\nTry next:")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import shlex
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -18,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from etl.config import Settings, redact_url
 from etl.errors import (
     AuthError,
+    ConfigError,
     DatabaseError,
     Interrupted,
     LockLost,
@@ -25,6 +27,7 @@ from etl.errors import (
 )
 from etl.records import Page, Rejection, Scope
 from etl.store import runs
+from etl.store.demo_mark import DEMO_MARK_TABLE, is_demo
 from etl.store.engine import (
     async_commits,
     begin_write,
@@ -164,8 +167,10 @@ class Sync:
         client: BirdClient | None = None,
         page_source: PageSource | None = None,
         on_stuck: Callable[[float], None] | None = None,
+        demo: bool = False,
     ) -> None:
         self.settings = settings
+        self.demo = demo  # the demo's runs: a database it marked is theirs
         self.scopes = scopes_for(settings, countries)
         self.accept = {c.upper() for c in accept_removals}
         self.stop = stop or threading.Event()
@@ -219,6 +224,29 @@ class Sync:
             if self.owns_engine:
                 self.engine.dispose()
 
+    def _refuse_the_demos_database(self) -> None:
+        """A real run never writes into the demo's made-up history: it would record every
+        demo number as removed, and the next demo would delete the file, real runs and all."""
+        path = sqlite_path(self.settings.database_url)
+        if path is not None and not path.exists():
+            return  # the default file, which this run creates
+        with self.engine.connect() as conn:
+            if not is_demo(conn):
+                return
+        where = path.absolute() if path is not None else redact_url(self.settings.database_url)
+        undo = (
+            f"delete it ({shlex.quote(str(where))} and any -wal or -shm file beside it)"
+            if path is not None
+            else f"drop its numbers-etl tables and views and its {DEMO_MARK_TABLE} table"
+        )
+        raise ConfigError(
+            [
+                f"database_url: {where} holds the made-up history of `numbers-etl demo`, "
+                f"which a real sync must not mix with; {undo} to start the real history "
+                "there, or set database_url to another database"
+            ]
+        )
+
     def _bird_pages(self, client: BirdClient, scope: Scope) -> Iterable[Page]:
         from etl.source.paginator import iter_pages
 
@@ -238,6 +266,8 @@ class Sync:
         missing = missing_database(self.settings.database_url, default=default)
         if missing is not None:
             raise missing  # before connecting, which would leave an empty file
+        if not self.demo:
+            self._refuse_the_demos_database()
         check_schema(self.engine, create_if_new=default)
         lock = DatabaseLock(self.engine, ttl=self.settings.lock_ttl_seconds)
         lock.acquire()

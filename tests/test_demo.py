@@ -18,7 +18,7 @@ from etl.simulator import Simulator
 from etl.store.engine import make_engine
 from etl.store.schema import price_changes, sync_runs
 from etl.sync import Sync
-from tests.conftest import make_settings
+from tests.conftest import make_settings, sim_env
 from tests.procs import invoke, run_etl, sqlite_url
 
 __all__ = ["sqlite_url"]  # a fixture
@@ -129,6 +129,26 @@ def test_demo_into_each_database(db_url: str, engine: Engine) -> None:
     if engine.dialect.name != "sqlite":  # the queries are shown as plain SQL to paste
         assert "  1. what is in stock now" in result.stdout
         assert "SELECT country_code, number_type" in result.stdout
+
+
+def test_a_real_sync_refuses_the_demos_database(
+    simulator: Simulator, db_url: str, engine: Engine
+) -> None:
+    """Found by a review: the demo writes the default SQLite file, which a real sync then
+    wrote into (every demo number recorded as removed), and the next demo deleted the file,
+    real run and all. A real sync, and the scheduler's, now refuse the demo's database."""
+    demo = invoke({}, "demo", "--database-url", db_url, "--runs", "2")
+    assert demo.exit_code == 0, demo.output
+    result = invoke(sim_env(simulator, db_url), "sync")
+    assert result.exit_code == 2
+    assert "holds the made-up history of `numbers-etl demo`" in result.stderr
+    assert "to start the real history there, or set database_url" in result.stderr
+    fresh = make_engine(db_url)  # a SQLite file is made anew: not the pool's old one
+    try:
+        with fresh.connect() as conn:
+            assert conn.scalar(select(func.count()).select_from(sync_runs)) == 2  # the demo's
+    finally:
+        fresh.dispose()
 
 
 def test_demo_refuses_a_server_history_it_did_not_write(
