@@ -358,6 +358,8 @@ def sync(
         with stop_on_signals() as stop:
             report = run_dry(settings, countries=chosen, stop=stop, accept_removals=accepted)
         click.echo(report.render())
+        if report.auth_failed:  # as the sync says it, on stderr
+            raise AuthError(report.error or "Bird refused the access key or organization id")
         sys.exit(report.exit_code)
     opts = ctx.find_root().obj
     progress = Progress() if Progress.wanted(opts["quiet"], opts["log_format"]) else None

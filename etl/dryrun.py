@@ -66,6 +66,7 @@ class ScopeReport:
 class DryRunReport:
     scopes: list[ScopeReport]
     auth_failed: bool = False
+    error: str | None = None  # what Bird said when it refused the key
 
     @property
     def exit_code(self) -> int:
@@ -230,12 +231,14 @@ def dry_run(
         source = page_source
 
         written = _Written()
+        why_stopped: list[str] = []  # when it is not a signal: set before `stop`
 
         def one(scope: Scope) -> tuple[ScopeReport, _Listed]:
             try:
-                return _scope(history, scope, source, written)
+                return _scope(history, scope, source, written, why_stopped)
             except AuthError as exc:
                 auth.append(exc)
+                why_stopped.append("stopped: Bird refused the access key or organization")
                 stop.set()
                 return ScopeReport(scope, status="failed", error=str(exc)), _Listed()
 
@@ -246,7 +249,11 @@ def dry_run(
             for report, seen in listed:
                 if report.status == "complete" and not seen.unreadable:
                     _removals(settings, history, report, written, seen_any, accepted)
-        return DryRunReport([report for report, _ in listed], auth_failed=bool(auth))
+        return DryRunReport(
+            [report for report, _ in listed],
+            auth_failed=bool(auth),
+            error=str(auth[0]) if auth else None,
+        )
     except DBAPIError as exc:
         raise database_failed(settings.database_url, exc) from None
     finally:
@@ -261,6 +268,7 @@ def _scope(
     scope: Scope,
     source: Callable[[Scope], Iterable[Page]],
     written: _Written,
+    why_stopped: Sequence[str] = (),
 ) -> tuple[ScopeReport, _Listed]:
     report = ScopeReport(scope)
     seen = _Listed()
@@ -297,7 +305,8 @@ def _scope(
                     f"{item.number}: {before.price} -> {item.price}",
                 )
     except Interrupted:
-        report.status, report.error = "aborted", "stopped by a signal"
+        report.status = "aborted"
+        report.error = why_stopped[0] if why_stopped else "stopped by a signal"
     except SourceError as exc:
         if isinstance(exc, AuthError):
             raise

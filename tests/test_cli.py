@@ -193,13 +193,20 @@ def test_missing_access_key_exits_2(simulator: Simulator, db_url: str) -> None:
     assert "access_key is required" in result.stderr
 
 
-def test_access_key_bird_refuses_exits_2(simulator: Simulator, db_url: str) -> None:
-    env = sim_env(simulator, db_url, access_key="not-the-right-key-93f1")
-    result = invoke(env, "sync")
+@pytest.mark.parametrize("extra", [(), ("--dry-run",)])
+def test_access_key_bird_refuses_exits_2(
+    simulator: Simulator, db_url: str, extra: tuple[str, ...]
+) -> None:
+    # one country at a time: the first is refused, the others are stopped before they start
+    env = sim_env(simulator, db_url, access_key="not-the-right-key-93f1", concurrency=1)
+    result = invoke(env, "sync", *extra)
     assert result.exit_code == 2
     assert "Error: Bird refused the access key or organization id" in result.stderr
     assert "401" in result.stderr
     assert "not-the-right-key-93f1" not in result.output
+    assert "signal" not in result.output  # it was not one
+    if extra:
+        assert "stopped: Bird refused the access key or organization" in result.stdout
 
 
 def test_unknown_option_is_a_usage_error() -> None:
