@@ -256,6 +256,11 @@ def _parse_api_url(value: Any) -> str:
         )
     if parts.username or parts.password:
         raise ValueError("must not carry credentials; use access_key")
+    if "?" in url or "#" in url:  # the listing's path and query are appended to it
+        raise ValueError(
+            "must not carry a query (?...) or a fragment (#...): give the API's address, "
+            "e.g. https://api.bird.com, or a proxy's address with its path prefix"
+        )
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         raise ValueError(
             "plain http:// is refused for a host that is not loopback "

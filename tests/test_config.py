@@ -302,6 +302,28 @@ def test_an_api_url_with_a_malformed_port_is_refused(url: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "url", ["https://api.bird.com?x=1", "https://api.bird.com/?", "https://api.bird.com/#top"]
+)
+def test_an_api_url_with_a_query_or_fragment_is_refused(url: str) -> None:
+    """The listing's path was appended after the query (`...?x=1/organizations/...`)."""
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env={"NUMBERS_ETL_API_URL": url})
+    assert f"api_url = {url!r} (env NUMBERS_ETL_API_URL): must not carry a query" in str(
+        raised.value
+    )
+
+
+def test_an_api_url_keeps_its_path_prefix() -> None:
+    """A gateway's path prefix goes before the listing's path, not dropped."""
+    from etl.source.client import BirdClient
+    from etl.source.ratelimit import RateLimiter
+
+    url = load_settings(env={"NUMBERS_ETL_API_URL": "https://gw.example.com/bird/"}).api_url
+    client = BirdClient(url, Secret("k"), "org", rate_limiter=RateLimiter(10))
+    assert client._target({"limit": 99}) == ("/bird/organizations/org/numbers-stock-items?limit=99")
+
+
+@pytest.mark.parametrize(
     "url",
     [
         f"https://apiuser:{SECRET}@api.bird.com",
