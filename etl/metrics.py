@@ -157,6 +157,10 @@ class Metrics:
     def record_unanswered(self, at: datetime) -> None:
         """An attempt ended because the database stopped answering (it is not asked)."""
         self.record(None, None, "error", at)
+        self.database_unanswered()
+
+    def database_unanswered(self) -> None:
+        """The database did not answer a read in time (the read may still end, later)."""
         with self._lock:
             self.database_up.set(0)
 

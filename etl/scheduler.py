@@ -26,12 +26,13 @@ from etl.config import Settings, crontab_trigger, parse_interval
 from etl.errors import EtlError, LockHeld
 from etl.metrics import Metrics
 from etl.report import run_fields, summary_line
-from etl.store.engine import make_engine
+from etl.store.engine import make_engine, sqlite_path
 from etl.sync import RunResult, Sync
 
 log = logging.getLogger("etl.scheduler")
 JOB_ID = "sync"
 CRON_GRACE = 300  # seconds a cron run may start late (a busy host, a suspended VM)
+METRICS_READ_WAIT = 60  # seconds the scheduler waits on the database's figures
 
 
 def make_trigger(schedule: str) -> tuple[Any, int]:
@@ -69,6 +70,7 @@ class SyncScheduler:
         self._idle.set()
         self._started = threading.Event()
         self._engine: Engine | None = None  # the metrics'
+        self._reader: threading.Thread | None = None  # the metrics' read of the database
         # One engine for every run, its connections closed after each: an engine per run
         # left a dialect behind in caches keyed by it (SQLAlchemy's own keeps 128).
         self._sync_engine: Engine | None = None
@@ -125,17 +127,53 @@ class SyncScheduler:
         return result, result.status
 
     def _record(self, result: RunResult | None, outcome: str | None) -> None:
+        """The attempt's outcome at once, then the database's figures (see ``_read``), then
+        the metrics file. Never raises: metrics must never stop the syncs."""
         if self.metrics is None:
             return
         try:
-            if self._engine is None:
-                self._engine = make_engine(self.settings.database_url, pool_size=1)
             at = None if outcome is None else datetime.now(UTC)
-            self.metrics.record(self._engine, result, outcome, at)
+            self.metrics.record(None, result, outcome, at)
+            self._read(self.metrics)
             if self.metrics_file is not None:
                 self.metrics.write(self.metrics_file)
-        except Exception:  # metrics must never stop the syncs
-            log.exception("could not update the metrics")
+        except Exception as exc:
+            log.error("could not update the metrics: %s", exc)
+            log.debug("could not update the metrics", exc_info=True)
+
+    def _read(self, metrics: Metrics) -> None:
+        """The database's figures, in a thread of their own that the scheduler waits on for
+        at most ``METRICS_READ_WAIT`` seconds: a database that stops answering (PostgreSQL's
+        driver waits for ever on a connection made before) must not stop the schedule. One
+        read at a time; each on a new connection, closed after (a pooled one is what hangs).
+        A SQLite file that is not there is not created by reading it."""
+        path = sqlite_path(self.settings.database_url)
+        if path is not None and not path.exists():
+            return
+        if self._reader is not None and self._reader.is_alive():
+            log.warning("metrics: the database has not answered the previous read yet")
+            metrics.database_unanswered()
+            return
+        if self._engine is None:
+            self._engine = make_engine(self.settings.database_url, pool_size=1)
+        engine = self._engine
+
+        def read() -> None:
+            try:
+                metrics.record(engine)
+            finally:
+                engine.dispose()
+
+        self._reader = threading.Thread(target=read, name="metrics-read", daemon=True)
+        self._reader.start()
+        self._reader.join(METRICS_READ_WAIT)
+        if self._reader.is_alive():
+            log.warning(
+                "metrics: the database has not answered in %d s; the schedule goes on, "
+                "database_up is 0",
+                METRICS_READ_WAIT,
+            )
+            metrics.database_unanswered()
 
     def _log_next(self) -> None:
         job = self.scheduler.get_job(JOB_ID)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import logging
 import signal
 import threading
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import Dialect
 
+import etl.scheduler as scheduler_module
 from etl.metrics import Metrics
 from etl.scheduler import SyncScheduler, make_trigger
 from etl.simulator import Simulator
@@ -321,3 +323,54 @@ def test_a_database_that_stops_answering_ends_the_process(
     assert "exiting (status 1) so that the process can be started afresh" in err
     (run,) = runs_of(db_url)
     assert run.status == "running"  # the next run marks it abandoned, at once (same host)
+
+
+def _database_up(metrics: Metrics) -> float | None:
+    return metrics.registry.get_sample_value("numbers_etl_database_up")
+
+
+@pytest.mark.parametrize("empty_db_url", ["postgresql", "mysql"], indirect=True)
+def test_a_database_that_stops_answering_the_metrics_does_not_stop_the_schedule(
+    simulator: Simulator,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # After each run the metrics read the database's figures, on the scheduler's thread. On
+    # a pooled connection that had stopped answering, PostgreSQL's driver waited for ever,
+    # and the schedule with it: no more runs, the metrics frozen at "all is well".
+    monkeypatch.setattr(scheduler_module, "METRICS_READ_WAIT", 2)
+    metrics = Metrics()
+    with proxy_to(db_url) as (proxy, proxied):
+        scheduler = SyncScheduler(make_settings(simulator, proxied, schedule="1d"), metrics=metrics)
+        assert scheduler.run_once() == "succeeded"
+        assert _database_up(metrics) == 1
+        proxy.frozen.set()
+        with caplog.at_level(logging.WARNING, "etl.scheduler"):
+            scheduler._record(None, "error")  # as after a run
+            scheduler._record(None, "error")  # the first read still waits: not a second one
+        assert "metrics: the database has not answered in 2 s" in caplog.text
+        assert "has not answered the previous read yet" in caplog.text
+        assert _database_up(metrics) == 0
+        assert (
+            metrics.registry.get_sample_value("numbers_etl_attempt_outcome", {"outcome": "error"})
+            == 1
+        )
+        proxy.frozen.clear()
+        reader = scheduler._reader
+        assert reader is not None
+        wait_for(lambda: not reader.is_alive(), "the metrics' read to end")
+        scheduler._record(None, None)
+        assert _database_up(metrics) == 1
+
+
+def test_the_metrics_do_not_create_a_sqlite_file_that_is_not_there(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    # a typo in database_url: the metrics' read made the file, empty, and the next run then
+    # advised `db upgrade` of it instead of saying that there is no database there
+    url = f"sqlite:///{tmp_path / 'tyop.sqlite'}"
+    scheduler = SyncScheduler(make_settings(simulator, url, schedule="1d"), metrics=Metrics())
+    scheduler._record(None, None)
+    assert scheduler.run_once() == "error"
+    assert not (tmp_path / "tyop.sqlite").exists()
