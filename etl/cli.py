@@ -34,7 +34,14 @@ from etl.errors import (
     SchemaOutOfDate,
 )
 from etl.logs import register_secret, scrub, setup_logging
-from etl.sync import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_SIGTERM, RunResult
+from etl.sync import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_LOCKED,
+    EXIT_SIGTERM,
+    STOP_SIGNALS,
+    RunResult,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -205,7 +212,8 @@ def cli(ctx: click.Context, log_format: str, verbose: int, quiet: bool, config: 
 
 @contextmanager
 def stop_on_signals() -> Iterator[threading.Event]:
-    """SIGTERM / SIGINT set the returned event: the run stops after the page in flight."""
+    """SIGTERM / SIGINT / SIGHUP set the returned event: the run stops after the page in
+    flight."""
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop
@@ -219,7 +227,7 @@ def stop_on_signals() -> Iterator[threading.Event]:
         if not overdue:
             overdue.append(exit_when_overdue())
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         yield stop
     finally:

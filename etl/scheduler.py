@@ -2,7 +2,7 @@
 
 Never two runs at once: ``max_instances=1`` and ``coalesce`` in this process, the database
 lock across processes and hosts. A run that raises is logged and the next one comes at its
-time. SIGTERM / SIGINT: no new runs, the run in flight stops after its page (``aborted``),
+time. SIGTERM / SIGINT / SIGHUP: no new runs, the run in flight stops after its page (``aborted``),
 then ``run_forever`` returns."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from etl.errors import EtlError, LockHeld
 from etl.metrics import Metrics
 from etl.report import run_fields, summary_line
 from etl.store.engine import make_engine, sqlite_path
-from etl.sync import RunResult, Sync
+from etl.sync import STOP_SIGNALS, RunResult, Sync
 
 log = logging.getLogger("etl.scheduler")
 JOB_ID = "sync"
@@ -58,7 +58,7 @@ class SyncScheduler:
         self.metrics = metrics
         self.metrics_file = metrics_file
         self.on_stuck = on_stuck  # see Sync
-        self.on_signal = on_signal  # called once, on the first SIGTERM / SIGINT
+        self.on_signal = on_signal  # called once, on the first SIGTERM / SIGINT / SIGHUP
         self.trigger, self.grace = make_trigger(settings.schedule)
         self.scheduler = BlockingScheduler(timezone=UTC)
         self.outcomes: deque[str] = deque(maxlen=100)  # the latest runs' outcomes, bounded
@@ -184,7 +184,7 @@ class SyncScheduler:
     # --- the long-running process ----------------------------------------------------------
 
     def run_forever(self, *, run_now: bool = False) -> None:
-        """Block, running syncs on the schedule, until SIGTERM / SIGINT (or ``close()``)."""
+        """Block, running syncs on the schedule, until a stop signal (or ``close()``)."""
         options: dict[str, Any] = {}
         now = datetime.now(UTC)
         first = now if run_now else self.trigger.get_next_fire_time(None, now)
@@ -255,4 +255,4 @@ class SyncScheduler:
             if first and self.on_signal is not None:
                 self.on_signal()
 
-        return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        return {s: signal.signal(s, handler) for s in STOP_SIGNALS}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import shlex
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -51,6 +52,9 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_LOCKED = 75
 EXIT_SIGTERM = 143
+# Each stops a run after the page in flight. SIGHUP too: a terminal or ssh session that
+# closes sends it, and its default would end the process mid-page.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def utcnow() -> datetime:

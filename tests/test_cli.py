@@ -238,8 +238,15 @@ def slow(simulator: Simulator) -> None:
     simulator.faults.set_latency(0.2)
 
 
+# SIGHUP: a terminal or ssh session that closed
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 def test_sigterm_stops_sync_after_the_page_with_143_aborted_and_nothing_removed(
-    simulator: Simulator, stock: SyntheticStock, db_url: str, engine: Engine, tmp_path: Path
+    simulator: Simulator,
+    stock: SyntheticStock,
+    db_url: str,
+    engine: Engine,
+    tmp_path: Path,
+    sig: signal.Signals,
 ) -> None:
     Sync(make_settings(simulator, db_url)).run()
     gone = [stock.numbers("US")[0], stock.numbers("NL")[0]]
@@ -247,9 +254,9 @@ def test_sigterm_stops_sync_after_the_page_with_143_aborted_and_nothing_removed(
         stock.remove(number)
     slow(simulator)
     proc = etl_process(["sync"], sim_env(simulator, db_url, page_size=10), tmp_path)
-    out, err = signal_after_first_page(proc, db_url, signal.SIGTERM)
+    out, err = signal_after_first_page(proc, db_url, sig)
     assert proc.returncode == 143, err
-    assert "SIGTERM: stopping after the page in flight" in err
+    assert f"{sig.name}: stopping after the page in flight" in err
     assert " aborted in " in out
     last = runs_of(db_url)[-1]
     assert last.status == "aborted"

@@ -206,15 +206,17 @@ def test_schedule_runs_syncs_on_an_interval_and_serves_metrics(
     assert all(r.finished_at is not None for r in runs_of(db_url))
 
 
+# SIGHUP: a terminal or ssh session that closed
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 def test_sigterm_mid_run_aborts_it_and_exits_143(
-    simulator: Simulator, db_url: str, tmp_path: Path
+    simulator: Simulator, db_url: str, tmp_path: Path, sig: signal.Signals
 ) -> None:
     simulator.faults.set_latency(0.2)
     env = sim_env(simulator, db_url, page_size=10, schedule="1d")
     proc = etl_process(["schedule", "--run-now"], env, tmp_path)
-    _, err = signal_after_first_page(proc, db_url, signal.SIGTERM)
+    _, err = signal_after_first_page(proc, db_url, sig)
     assert proc.returncode == 143, err
-    assert "SIGTERM: no new runs; the run in flight stops after its page; then exiting" in err
+    assert f"{sig.name}: no new runs; the run in flight stops after its page; then exiting" in err
     (run,) = runs_of(db_url)
     assert run.status == "aborted"
     assert run.finished_at is not None
