@@ -522,15 +522,14 @@ def _engine(settings: Settings) -> Iterator[Engine]:
     be reached is a DatabaseError (exit 1)."""
     from sqlalchemy.exc import DBAPIError
 
-    from etl.store.engine import make_engine
-    from etl.sync import _db_message
+    from etl.store.engine import db_message, make_engine
 
     engine = make_engine(settings.database_url)
     try:
         yield engine
     except DBAPIError as exc:  # unreachable, or refused the connection's options
         raise DatabaseError(
-            f"cannot use the database {redact_url(settings.database_url)}: {_db_message(exc)}"
+            f"cannot use the database {redact_url(settings.database_url)}: {db_message(exc)}"
         ) from None
     finally:
         engine.dispose()

@@ -32,6 +32,7 @@ from etl.store.demo_mark import DEMO_MARK_TABLE, is_demo
 from etl.store.engine import (
     async_commits,
     begin_write,
+    db_message,
     error_codes,
     make_engine,
     sqlite_path,
@@ -383,7 +384,7 @@ class Sync:
         except SourceError as exc:
             result.status, result.error = "failed", f"{exc}; nothing removed"
         except SQLAlchemyError as exc:
-            result.status, result.error = "failed", f"database error: {_db_message(exc)}"
+            result.status, result.error = "failed", f"database error: {db_message(exc)}"
         except Exception as exc:  # a bug: record the scope as failed rather than leave
             # the run `running` and its other scopes unrecorded; the traceback goes to the log
             log.exception("scope %s: unexpected error", scope.key)
@@ -403,7 +404,7 @@ class Sync:
             log.error(
                 "could not record the end of scope %s: %s",
                 result.scope.key,
-                _db_message(exc),
+                db_message(exc),
                 exc_info=log.isEnabledFor(logging.DEBUG),
             )
 
@@ -480,7 +481,7 @@ class Sync:
         except LockLost as exc:
             result.status, result.error = "failed", str(exc)
         except SQLAlchemyError as exc:
-            result.status, result.error = "failed", f"database error: {_db_message(exc)}"
+            result.status, result.error = "failed", f"database error: {db_message(exc)}"
         except Exception as exc:  # a bug, as in _sync_scope: the run must still finish
             log.exception("scope %s: unexpected error in its close", scope.key)
             result.status = "failed"
@@ -549,7 +550,7 @@ def database_failed(url: str, exc: SQLAlchemyError) -> DatabaseError:
     file by its absolute path, with what to check) and the driver's message."""
     path = sqlite_path(url)
     if path is not None:
-        message = _db_message(exc)
+        message = db_message(exc)
         hint = (
             " (check that its directory exists and that this user may write there)"
             if "unable to open database file" in message
@@ -557,14 +558,7 @@ def database_failed(url: str, exc: SQLAlchemyError) -> DatabaseError:
         )
         where = str(path.absolute())
         return DatabaseError(f"the SQLite database {where!r} failed: {message}{hint}")
-    return DatabaseError(f"the database {redact_url(url)} failed: {_db_message(exc)}")
-
-
-def _db_message(exc: SQLAlchemyError) -> str:
-    """The driver's message without SQL, parameters or the URL's password."""
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    return DatabaseError(f"the database {redact_url(url)} failed: {db_message(exc)}")
 
 
 def run_sync(settings: Settings, **kwargs: Any) -> RunResult:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -19,9 +20,11 @@ from etl.config import Settings
 from etl.errors import AuthError, LockHeld, SourceError
 from etl.records import Page, Price, Rejection, Scope, StockItem
 from etl.store.diff import attribute_values, price_values
+from etl.store.engine import make_engine
 from etl.store.lock import DatabaseLock
 from etl.store.schema import number_events, numbers, sync_scopes
 from etl.sync import RunResult, Sync
+from tests.procs import proxy_to, wait_for
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -416,8 +419,6 @@ def test_a_mariadb_url_gets_the_mysql_session_and_the_database_clock(
         pytest.skip("MariaDB only")
     from sqlalchemy import text as sql
 
-    from etl.store.engine import make_engine
-
     url = engine.url.set(drivername="mariadb+pymysql")
     maria = make_engine(url.render_as_string(hide_password=False))
     try:
@@ -441,8 +442,6 @@ def test_the_urls_own_postgresql_options_are_kept(engine: Engine) -> None:
     if engine.dialect.name != "postgresql":
         pytest.skip("PostgreSQL only")
     from sqlalchemy import text as sql
-
-    from etl.store.engine import make_engine
 
     url = engine.url.update_query_dict({"options": "-c application_name=from-the-url"})
     pg = make_engine(url.render_as_string(hide_password=False))
@@ -585,3 +584,35 @@ def test_a_database_that_goes_away_costs_a_line_a_scope_not_a_traceback(
         "could not record the end of scope NL: server closed the connection"
     ]
     assert [r for r in caplog.records if r.exc_info] == []
+
+
+@pytest.mark.parametrize("empty_db_url", ["postgresql", "mysql"], indirect=True)
+def test_a_lock_refresh_that_fails_is_one_line_and_the_next_one_refreshes(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a database away for a moment: each failed refresh logged a whole traceback at WARNING
+    # (every ttl/3 seconds, in the log an operator reads); now one line, the traceback at -v
+    with proxy_to(db_url) as (proxy, proxied):
+        engine = make_engine(proxied)
+        lock = DatabaseLock(engine, ttl=3, holder="host-a:1:x")
+        lock.acquire()
+        try:
+            with caplog.at_level(logging.WARNING, "etl.store.lock"):
+                proxy.down()
+                lock.keep_alive(on_lost=lambda: None)
+                wait_for(lambda: _refresh_failures(caplog), "a refresh to fail")
+                proxy.up()
+                back = time.monotonic()
+                wait_for(lambda: lock._refreshed > back, "a refresh to succeed")
+        finally:
+            lock.release()
+            engine.dispose()
+    failed = _refresh_failures(caplog)
+    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in failed)
+    assert (
+        failed[0].getMessage().startswith("could not refresh the sync lock (trying again in 1 s): ")
+    )
+
+
+def _refresh_failures(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage().startswith("could not refresh")]

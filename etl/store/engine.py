@@ -93,6 +93,14 @@ def async_commits(conn: Connection) -> Iterator[Connection]:
                 conn.commit()
 
 
+def db_message(exc: BaseException) -> str:
+    """A database error's first line, from its driver: without the SQL, the parameters or
+    the URL's password that SQLAlchemy's own message may carry."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     """An engine for ``url``: WAL and immediate transactions on SQLite (writers queue rather
     than fail), strict utf8mb4 sessions with READ COMMITTED on MySQL/MariaDB, UTC sessions on

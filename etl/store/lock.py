@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, or_, select, text, update
 from sqlalchemy.exc import OperationalError
 
 from etl.errors import LockHeld
-from etl.store.engine import begin_write, error_codes
+from etl.store.engine import begin_write, db_message, error_codes
 from etl.store.schema import LOCK_NAME, sync_lock
 
 log = logging.getLogger("etl.store")
@@ -259,8 +259,13 @@ class DatabaseLock:
                         self._lost = True  # refreshes end here: not a database that hangs
                         on_lost()
                         return
-                except Exception:  # a database hiccup: try again at the next beat
-                    log.warning("could not refresh the sync lock", exc_info=True)
+                except Exception as exc:  # a database hiccup: try again at the next beat
+                    log.warning(
+                        "could not refresh the sync lock (trying again in %.0f s): %s",
+                        self.ttl / 3,
+                        db_message(exc),
+                    )
+                    log.debug("could not refresh the sync lock", exc_info=True)
 
         self._thread = threading.Thread(target=beat, name="sync-lock", daemon=True)
         self._thread.start()
