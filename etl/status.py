@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, func, select
 
 from etl.config import parse_interval
+from etl.store.runs import with_counts_so_far
 from etl.store.schema import sync_runs, sync_scopes
 
 # A finished run with one of these statuses needs an operator's attention.
@@ -121,7 +122,8 @@ class Status:
         if run["finished_at"] is not None:
             text += f", took {_age(started, run['finished_at'])}"
         text += (
-            f"; {run['items']} numbers, listed {run['listed']}, removed {run['removed']}, "
+            f"; {'so far ' if run['status'] == 'running' else ''}"
+            f"{run['items']} numbers, listed {run['listed']}, removed {run['removed']}, "
             f"price changes {run['price_changes']}"
         )
         if run["error"] and run["status"] != "succeeded":
@@ -144,7 +146,7 @@ def read_status(
             row = conn.execute(
                 select(sync_runs).where(*where).order_by(sync_runs.c.id.desc()).limit(1)
             ).first()
-            return None if row is None else dict(row._mapping)
+            return None if row is None else with_counts_so_far(conn, dict(row._mapping))
 
         status.last_run = latest()
         status.last_finished = latest(sync_runs.c.status != "running")

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 
 from etl.cli import cli
 from etl.records import Scope
 from etl.status import parse_duration
 from etl.store import runs
+from etl.store.schema import sync_scopes
 
 
 def ago(**delta: float) -> datetime:
@@ -102,6 +103,27 @@ def test_a_run_in_progress_is_judged_by_the_last_finished_one(db_url: str, engin
     assert f"last run: {running} running" in result.stdout
     assert "last finished run:" in result.stdout
     assert "  US: running" in result.stdout
+
+
+def test_a_run_in_progress_shows_its_counts_so_far(db_url: str, engine: Engine) -> None:
+    # the run's own counts are written when it ends: status and runs said 0 numbers for a
+    # run that had committed pages of them
+    running = add_run(engine, "running", ago(minutes=1))
+    with engine.begin() as conn:  # a page of each country, as the writer counts it
+        conn.execute(
+            update(sync_scopes)
+            .where(sync_scopes.c.run_id == running)
+            .values(pages=1, items=99, listed=97, price_changes=2)
+        )
+    result = status(db_url)
+    assert "; so far 198 numbers, listed 194, removed 0, price changes 4" in result.stdout
+    listed = CliRunner().invoke(cli, ["runs", "--database-url", db_url])
+    assert listed.exit_code == 0, listed.output
+    (row,) = [
+        line.split() for line in listed.stdout.splitlines() if line.split()[:1] == [str(running)]
+    ]
+    header = listed.stdout.splitlines()[0].split()
+    assert dict(zip(header, row[:2] + row[3:], strict=False))["items"] == "198"
 
 
 def test_missing_sqlite_file_is_a_problem_and_is_not_created(tmp_path: Path) -> None:

@@ -98,18 +98,29 @@ def finish_scope(
     )
 
 
+def _scope_totals(conn: Connection, run_id: int) -> dict[str, int]:
+    """The run's counts summed over its scopes, which each page adds to as it commits."""
+    totals = conn.execute(
+        select(*(func.coalesce(func.sum(sync_scopes.c[c]), 0) for c in COUNT_COLUMNS)).where(
+            sync_scopes.c.run_id == run_id
+        )
+    ).one()
+    return dict(zip(COUNT_COLUMNS, (int(v) for v in totals), strict=True))
+
+
 def _total_counts(conn: Connection, run_ids: Sequence[int]) -> None:
     for run_id in run_ids:
-        totals = conn.execute(
-            select(*(func.coalesce(func.sum(sync_scopes.c[c]), 0) for c in COUNT_COLUMNS)).where(
-                sync_scopes.c.run_id == run_id
-            )
-        ).one()
         conn.execute(
-            update(sync_runs)
-            .where(sync_runs.c.id == run_id)
-            .values(dict(zip(COUNT_COLUMNS, (int(v) for v in totals), strict=True)))
+            update(sync_runs).where(sync_runs.c.id == run_id).values(_scope_totals(conn, run_id))
         )
+
+
+def with_counts_so_far(conn: Connection, run: dict[str, Any]) -> dict[str, Any]:
+    """``run`` (a ``sync_runs`` row), its counts those of its pages committed so far when it
+    is still running: the run's own are written when it ends."""
+    if run["status"] != "running":
+        return run
+    return {**run, **_scope_totals(conn, run["id"])}
 
 
 def finish_run(
@@ -131,7 +142,7 @@ def finish_run(
 def recent_runs(engine: Engine, limit: int = 20) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         rows = conn.execute(select(sync_runs).order_by(sync_runs.c.id.desc()).limit(limit))
-        return [dict(r._mapping) for r in rows]
+        return [with_counts_so_far(conn, dict(r._mapping)) for r in rows.all()]
 
 
 def run_scopes(engine: Engine, run_id: int) -> list[dict[str, Any]]:
