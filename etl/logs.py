@@ -99,8 +99,9 @@ def setup_logging(fmt: str = "text", verbosity: int = 0) -> StderrHandler:
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("etl").setLevel(level)
-    # APScheduler's own lines are useful at info only with -v
-    logging.getLogger("apscheduler").setLevel(logging.INFO if verbosity > 0 else logging.WARNING)
+    # APScheduler's own lines are useful only with -v: the scheduler says in its own words
+    # when a run was skipped, and the next run's time, which APScheduler's warning gets wrong
+    logging.getLogger("apscheduler").setLevel(logging.INFO if verbosity > 0 else logging.ERROR)
     return handler
 
 

@@ -17,7 +17,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from apscheduler.events import EVENT_SCHEDULER_STARTED
+from apscheduler.events import (
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    EVENT_SCHEDULER_STARTED,
+    JobEvent,
+)
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
@@ -175,6 +180,27 @@ class SyncScheduler:
             )
             metrics.database_unanswered()
 
+    def _log_skipped(self, event: JobEvent) -> None:
+        """A run that did not happen, why, and when the next one is. APScheduler's own
+        warning shows the time it skipped as the job's "next run at"."""
+        due = (
+            getattr(event, "scheduled_run_time", None)
+            or getattr(event, "scheduled_run_times", [None])[-1]
+        )
+        why = (
+            "the run before it was still going"
+            if event.code == EVENT_JOB_MAX_INSTANCES
+            else f"it could not start within {self.grace} s of its time (a busy or suspended host)"
+        )
+        job = self.scheduler.get_job(JOB_ID)
+        when = getattr(job, "next_run_time", None)
+        log.warning(
+            "skipped the run due at %s: %s%s",
+            f"{due:%Y-%m-%d %H:%M:%S} UTC" if due is not None else "its time",
+            why,
+            f"; next run at {when:%Y-%m-%d %H:%M:%S} UTC" if when is not None else "",
+        )
+
     def _log_next(self) -> None:
         job = self.scheduler.get_job(JOB_ID)
         when = getattr(job, "next_run_time", None)
@@ -202,6 +228,7 @@ class SyncScheduler:
         )
         self._record(None, None)
         self.scheduler.add_listener(lambda _event: self._started.set(), EVENT_SCHEDULER_STARTED)
+        self.scheduler.add_listener(self._log_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         watcher = threading.Thread(target=self._shutdown_when_closing, name="scheduler-stop")
         watcher.start()
         previous = self._install_signals()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+import re
 import signal
 import threading
 from datetime import UTC, datetime, timedelta
@@ -376,3 +377,37 @@ def test_the_metrics_do_not_create_a_sqlite_file_that_is_not_there(
     scheduler._record(None, None)
     assert scheduler.run_once() == "error"
     assert not (tmp_path / "tyop.sqlite").exists()
+
+
+def test_a_run_skipped_because_the_one_before_still_goes_says_when_the_next_is(
+    simulator: Simulator, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # APScheduler's own warning named the time it skipped as the job's "next run at"
+    simulator.faults.set_latency(0.3)  # a run of several seconds, on a 1 s schedule
+    scheduler = SyncScheduler(make_settings(simulator, db_url, page_size=10, schedule="1s"))
+
+    def skipped() -> list[str]:
+        return [
+            r.getMessage() for r in caplog.records if "skipped the run due at" in r.getMessage()
+        ]
+
+    def close_after_a_skip() -> None:
+        try:
+            wait_for(skipped, "a skipped run", timeout=30)
+        finally:
+            scheduler.close("test")
+
+    closer = threading.Thread(target=close_after_a_skip)
+    with caplog.at_level(logging.WARNING, "etl.scheduler"):
+        closer.start()
+        scheduler.run_forever(run_now=True)
+        closer.join()
+    assert skipped(), caplog.text
+    line = skipped()[0]
+    match = re.fullmatch(
+        r"skipped the run due at (\S+ \S+) UTC: the run before it was still going; "
+        r"next run at (\S+ \S+) UTC",
+        line,
+    )
+    assert match, line
+    assert match.group(2) > match.group(1)
