@@ -75,7 +75,9 @@ class Group(click.Group):
         except EtlError as exc:
             code = _exit_code(exc)
             if _json_logs(ctx):
-                log.error("%s", exc, extra={"exit_code": code})
+                # a held lock is the ordinary end of an overlapping run, not an error
+                level = logging.WARNING if isinstance(exc, LockHeld) else logging.ERROR
+                log.log(level, "%s", exc, extra={"exit_code": code})
             else:
                 click.echo(f"Error: {scrub(str(exc))}", err=True)
             ctx.exit(code)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -203,6 +204,9 @@ def test_access_key_bird_refuses_exits_2(
     assert result.exit_code == 2
     assert "Error: Bird refused the access key or organization id" in result.stderr
     assert "401" in result.stderr
+    assert (
+        "(NUMBERS_ETL_ACCESS_KEY, or the file NUMBERS_ETL_ACCESS_KEY_FILE names)" in result.stderr
+    )
     assert "not-the-right-key-93f1" not in result.output
     assert "signal" not in result.output  # it was not one
     if extra:
@@ -227,6 +231,15 @@ def test_lock_held_exits_75_and_writes_nothing(
     assert result.exit_code == 75
     assert result.stderr.startswith("Error: another sync is running (other-host:4242:cafe, ")
     assert count(engine, sync_runs) == 0
+    lock.acquire()
+    try:  # a warning in a JSON log, not an error that alerts fire on: the unit's exit 75 is fine
+        result = invoke(sim_env(simulator, db_url), "--log-format", "json", "sync")
+    finally:
+        lock.release()
+    assert result.exit_code == 75
+    (line,) = [json.loads(text) for text in result.stderr.splitlines()]
+    assert (line["level"], line["exit_code"]) == ("warning", 75), line
+    assert line["message"].startswith("another sync is running (other-host:4242:cafe, ")
     assert invoke(sim_env(simulator, db_url), "sync").exit_code == 0
 
 

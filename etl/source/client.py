@@ -435,7 +435,8 @@ class BirdClient:
         if status in AUTH_STATUSES:
             raise AuthError(
                 f"Bird refused the access key or organization id: {detail}. Check that "
-                "access_key (NUMBERS_ETL_ACCESS_KEY) is a valid Bird access key, that "
+                "access_key (NUMBERS_ETL_ACCESS_KEY, or the file NUMBERS_ETL_ACCESS_KEY_FILE "
+                "names) is a valid Bird access key, that "
                 "organization_id (NUMBERS_ETL_ORGANIZATION_ID) names your organization, and "
                 "that the key may read its numbers stock"
             )
