@@ -897,3 +897,20 @@ def test_a_body_larger_than_32_mib_fails_the_page(
     assert "NUMBERS_ETL_API_URL" in str(raised.value)
     assert client.stats.snapshot()["errors"] == {"BodyTooLarge": 1}
     assert len(server.heads) == 1  # not retried
+
+
+def test_a_retry_warning_names_its_scope(
+    make_client: Callable[..., BirdClient],
+    simulator: Simulator,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # countries page at once: the warning said which request, not which country it was for
+    client = make_client(max_attempts=3)
+    simulator.faults.add("status", status=503, times=1)
+    caplog.set_level(logging.WARNING, "etl.source")
+    scope = Scope("US", "+1212", ("local", "mobile"))
+    body, _ = client.fetch({**scope.query(), "limit": 5})
+    assert len(body["results"]) <= 5
+    (record,) = [r for r in caplog.records if "retry 1 of 2" in r.getMessage()]
+    assert record.getMessage().startswith("scope US +1212 local/mobile: 503 Service Unavailable")
+    assert record.__dict__["scope"] == "US +1212 local/mobile"

@@ -47,6 +47,7 @@ from etl.errors import (
     RetriesExhausted,
     SourceError,
 )
+from etl.records import Scope
 from etl.source.parser import decode_page
 from etl.source.ratelimit import RateLimiter
 
@@ -169,6 +170,13 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
+def _scope_key(params: Mapping[str, Any]) -> str:
+    """The key of the scope whose page ``params`` asks for (as ``Scope.key`` gives it)."""
+    countries = params.get("countryCodes") or ["?"]
+    types = params.get("types") or ()
+    return Scope(str(countries[0]), params.get("prefix"), tuple(types)).key
+
+
 class BirdClient:
     """GETs pages of one organization's stock listing. Safe to share between threads."""
 
@@ -273,13 +281,15 @@ class BirdClient:
                         )
                     ) from None
                 delay = min(self._backoff(attempt, failure.retry_after), budget)
+                scope = _scope_key(params)  # countries page at once: which one
                 log.warning(
-                    "%s; retry %d of %d in %.2fs",
+                    "scope %s: %s; retry %d of %d in %.2fs",
+                    scope,
                     failure,
                     attempt,
                     self.max_attempts - 1,
                     delay,
-                    extra={"error_kind": failure.kind, "attempt": attempt},
+                    extra={"error_kind": failure.kind, "attempt": attempt, "scope": scope},
                 )
                 self._wait(delay)
                 waited += delay
