@@ -81,6 +81,11 @@ class Group(click.Group):
             else:
                 click.echo(f"Error: {scrub(str(exc))}", err=True)
             ctx.exit(code)
+        except click.UsageError as exc:  # a command's own options: "one JSON object a line"
+            if not _json_logs(ctx):
+                raise
+            log.error("%s", scrub(exc.format_message()), extra={"exit_code": exc.exit_code})
+            ctx.exit(exc.exit_code)
 
 
 # Configuration keys that can be given as flags. The access key has no flag on purpose: a

@@ -167,3 +167,13 @@ def test_a_text_line_starts_with_the_utc_time_and_date() -> None:
     line = TextFormatter().format(rec)
     assert line.startswith("2026-11-18T11:06:40Z WARNING ")
     assert line.endswith(": hello world")
+
+
+def test_a_usage_error_of_a_command_is_a_json_line_with_json_logs() -> None:
+    # the README promises one JSON object a line; click printed "Usage: ... Error: ..."
+    result = invoke({}, "--log-format", "json", "status", "--max-age", "5x")
+    assert result.exit_code == 2
+    (line,) = [json.loads(text) for text in result.stderr.splitlines()]
+    assert (line["level"], line["exit_code"]) == ("error", 2)
+    assert "--max-age" in line["message"]
+    assert "5x" in line["message"]
