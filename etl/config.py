@@ -310,17 +310,18 @@ def _parse_database_url(value: Any) -> str:
         dialect.import_dbapi()
     except ImportError:
         raise ValueError(_missing_driver(url, dialect.name)) from None
+    problems = []  # every one at once
     unknown = _unknown_connect_options(url, dialect)
     if unknown:
-        raise ValueError(
+        problems.append(
             f"has the connection option{'s' if len(unknown) > 1 else ''} "
             f"{', '.join(repr(o) for o in unknown)}, which the {url.get_driver_name()} driver "
             "does not know; check the spelling or remove "
             f"{'them' if len(unknown) > 1 else 'it'} from the query string"
         )
-    bad = _bad_option_values(url)
-    if bad:
-        raise ValueError("; ".join(bad))
+    problems.extend(_bad_option_values(url))
+    if problems:
+        raise ValueError("; ".join(problems))
     return url_text
 
 

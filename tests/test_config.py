@@ -489,6 +489,11 @@ def test_unknown_connection_option_is_a_config_error(url: str, message: str) -> 
         # libpq checks these only when it connects: the run failed as if the database were
         # down (exit 1); PyMySQL failed with a FileNotFoundError traceback
         ("postgresql+psycopg:?sslmode=bogus", "sslmode='bogus', which libpq does not know; use"),
+        (  # both at once: the value was reported only once the name was fixed
+            "postgresql+psycopg:?sslmode=bogus&connect_timeut=3",
+            "'connect_timeut', which the psycopg driver does not know; check the spelling or "
+            "remove it from the query string; has sslmode='bogus'",
+        ),
         ("postgresql+psycopg:?target_session_attrs=rw", "target_session_attrs='rw'"),
         ("postgresql+psycopg:?connect_timeout=abc", "connect_timeout='abc', which is not a whole"),
         ("postgresql+psycopg:?keepalives_idle=1m", "keepalives_idle='1m'"),
