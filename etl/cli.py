@@ -212,7 +212,8 @@ def cli(ctx: click.Context, log_format: str, verbose: int, quiet: bool, config: 
     """numbers-etl keeps an exact SQL history of the phone numbers Bird offers for sale.
 
     Exit codes: 0 every country synced; 1 the run failed or was partial; 2 configuration
-    or usage error; 75 another sync holds the lock; 143 stopped by SIGTERM."""
+    or usage error; 75 another sync holds the lock; 143 stopped by SIGTERM, Ctrl-C or
+    SIGHUP."""
     ctx.obj = {"log_format": log_format, "quiet": quiet, "verbose": verbose, "config": config}
     setup_logging(log_format, -1 if quiet else verbose)
 
@@ -424,8 +425,8 @@ def schedule(
 ) -> None:
     """Run syncs on the `schedule` setting until SIGTERM (a long-running service).
 
-    Never two syncs at once, in this process or across hosts (the database lock). SIGTERM
-    or Ctrl-C: no new runs; the run in flight stops after its page; exit 143."""
+    Never two syncs at once, in this process or across hosts (the database lock). SIGTERM,
+    Ctrl-C or SIGHUP: no new runs; the run in flight stops after its page; exit 143."""
     from etl.metrics import Metrics
     from etl.scheduler import SyncScheduler
 
