@@ -148,6 +148,10 @@ class SimulatorProcess:
         """The arrival time and status of each listing request since the last call."""
         return [(time, status) for time, status in self.ask({"do": "requests"})]
 
+    def cpu(self) -> float | None:
+        """The CPU seconds the simulator's process has used so far."""
+        return process_cpu(self.process.pid)
+
     def close(self) -> None:
         if self.process.poll() is None:
             assert self.process.stdin is not None
@@ -157,6 +161,75 @@ class SimulatorProcess:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+
+
+# --- the machine's other CPU: the simulator's and the database server's ------------------------
+
+
+def process_cpu(pid: int, children: bool = False) -> float | None:
+    """The CPU seconds process ``pid`` has used so far (with ``children``, also those of its
+    ended and reaped children), or None where there is no /proc to read it from."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    if children:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu() -> float | None:
+    """The CPU seconds the PostgreSQL server's processes on this machine have used so far,
+    those of ended backends included (the postmaster reaps them), or None when no
+    ``postgres`` process runs here (a server elsewhere: its CPU is not ours to read)."""
+    total, found = 0.0, False
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/comm") as comm:
+                    if comm.read().strip() != "postgres":
+                        continue
+            except OSError:
+                continue
+            cpu = process_cpu(int(entry.name), children=True)
+            if cpu is not None:
+                total, found = total + cpu, True
+    return total if found else None
+
+
+def with_machine_cpu(
+    sim: SimulatorProcess, server: bool, measure: Callable[[], dict[str, Any]]
+) -> Callable[[], dict[str, Any]]:
+    """``measure``, its result with the CPU seconds the simulator ("simulator_cpu") and,
+    with ``server``, the PostgreSQL server ("server_cpu") used meanwhile: the sync's own
+    CPU is only a part of what the machine's cores did for it."""
+
+    def measured() -> dict[str, Any]:
+        simulator, database = sim.cpu(), postgres_cpu() if server else None
+        result = measure()
+        simulator_after, database_after = sim.cpu(), postgres_cpu() if server else None
+        result["simulator_cpu"] = (
+            None if simulator is None or simulator_after is None else simulator_after - simulator
+        )
+        result["server_cpu"] = (
+            None if database is None or database_after is None else database_after - database
+        )
+        return result
+
+    return measured
+
+
+def machine_cpu(result: dict[str, Any]) -> tuple[str, str]:
+    """The simulator's and the server's CPU seconds of a step, and the cores busy in all
+    (the step's own CPU with theirs, over its wall time)."""
+    parts = [result.get("simulator_cpu"), result.get("server_cpu")]
+    shown = " / ".join("-" if part is None else f"{part:.2f}" for part in parts)
+    busy = (result["cpu"] + sum(part or 0.0 for part in parts)) / result["seconds"]
+    return shown, f"{busy:.2f}"
 
 
 # --- children: each measured step in its own process ------------------------------------------
@@ -579,7 +652,8 @@ def bench_database(
             "rate": NO_LIMIT,
         }
         sync_db = dbs.fresh(kind, "sync")
-        http = best(args.repeat, lambda: run_child("http", spec))
+        server = kind == "postgresql"
+        http = best(args.repeat, with_machine_cpu(sim, False, lambda: run_child("http", spec)))
         print(f"   HTTP ceiling {spread(http)}", flush=True)
         db_runs = [
             run_child("db", {**spec, "db": dbs.fresh(kind, f"ceiling{i}")})
@@ -602,7 +676,7 @@ def bench_database(
         def first() -> dict[str, Any]:
             return run_child("sync", {**spec, "db": next(first_dbs, sync_db)})
 
-        runs["first"] = best(args.repeat, first)
+        runs["first"] = best(args.repeat, with_machine_cpu(sim, server, first))
         print(f"   first sync {spread(runs['first'])}", flush=True)
         steps: list[dict[str, int]] = []
 
@@ -610,10 +684,13 @@ def bench_database(
             steps.append(sim.evolve(args.change_percent))
             return run_child("sync", {**spec, "db": sync_db})
 
-        runs["steady"] = best(args.repeat, steady)
+        runs["steady"] = best(args.repeat, with_machine_cpu(sim, server, steady))
         evolved = steps[runs["steady"]["index"]]
         print(f"   steady-state sync {spread(runs['steady'])}", flush=True)
-        runs["unchanged"] = best(args.repeat, lambda: run_child("sync", {**spec, "db": sync_db}))
+        runs["unchanged"] = best(
+            args.repeat,
+            with_machine_cpu(sim, server, lambda: run_child("sync", {**spec, "db": sync_db})),
+        )
         print(f"   unchanged sync {spread(runs['unchanged'])}", flush=True)
         dlt_result = None
         if args.dlt and dlt_version(args.dlt_python):
@@ -647,6 +724,7 @@ def bench_database(
                 f"{r['items']:,}",
                 spread(r),
                 f"{r['cpu']:.2f}",
+                *machine_cpu(r),
                 rate(r["items"], r["seconds"]),
                 f"{r['rss_mb']:.0f}",
                 f"{r['statements'] / r['pages']:.2f}",
@@ -661,6 +739,7 @@ def bench_database(
             f"{http['items']:,}",
             spread(http),
             f"{http['cpu']:.2f}",
+            *machine_cpu(http),
             rate(http["items"], http["seconds"]),
             f"{http['rss_mb']:.0f}",
             "-",
@@ -676,6 +755,8 @@ def bench_database(
                 f"(2) DB ceiling: executemany {label}",
                 f"{db['items']:,}",
                 spread({"runs": db["runs"][f"{label}_seconds"]}),
+                "-",
+                "-",
                 "-",
                 rate(db["items"], seconds),
                 "-",
@@ -694,6 +775,8 @@ def bench_database(
                     f"{runs['unchanged']['items']:,}",
                     spread(dlt_result[label]),
                     "-",
+                    "-",
+                    "-",
                     rate(runs["unchanged"]["items"], seconds),
                     f"{dlt_result['rss_mb']:.0f}",
                     "-",
@@ -710,6 +793,8 @@ def bench_database(
             "numbers",
             "wall s (fastest of the runs)",
             "CPU s",
+            "simulator / PostgreSQL CPU s",
+            f"cores busy (of {os.cpu_count()})",
             "numbers/s",
             "peak RSS MB",
             "statements/page",
@@ -1046,7 +1131,11 @@ def write_report(report: Report, dbs: Databases, postgres: bool, seconds: float)
         "statement of the run (page writes, scope close, run and lock bookkeeping; an "
         "executemany counts once) divided by its pages. "
         "The DB ceiling upserts the same rows with the bare driver into the same `numbers` "
-        "table of a fresh database, one transaction per page of 99, like the sync.",
+        "table of a fresh database, one transaction per page of 99, like the sync. "
+        "The simulator's and PostgreSQL's CPU are read from /proc around each step's child "
+        "(PostgreSQL's only when its server runs on this machine; SQLite works inside the "
+        "sync's process, in its CPU), and cores busy is the three together over the step's "
+        "wall time: the machine's cores are shared by all three.",
         "",
         "## Targets",
         "",

@@ -46,6 +46,12 @@ def test_sync_bench_runs_end_to_end(database: str, tmp_path: Path) -> None:
     first = re.search(r"^\| \(a\) first sync, all new \| 400 \|(.*)$", report, re.MULTILINE)
     assert first is not None
     assert "| 400 / 0 / 0 |" in first.group(0)
+    # the simulator's CPU was read, and PostgreSQL's where its server runs here
+    cells = [cell.strip() for cell in first.group(1).split("|")]
+    simulator, server = cells[2].split(" / ")
+    assert re.fullmatch(r"\d+\.\d\d", simulator), cells
+    assert server == "-" if database == "sqlite" else re.fullmatch(r"\d+\.\d\d|-", server)
+    assert re.fullmatch(r"\d+\.\d\d", cells[3]), cells  # cores busy
     assert "(1) HTTP ceiling" in report
     assert "(2) DB ceiling: executemany upsert" in report
     assert "## Targets" in report
