@@ -351,8 +351,9 @@ class Sync:
         return result
 
     def _run_status(self, scopes: list[ScopeResult]) -> tuple[str, str | None]:
-        errors = [f"{s.scope.key}: {s.status}: {s.error}" for s in scopes if s.error]
-        error = "; ".join(errors) or None
+        error = runs.joined_errors(
+            [f"{s.scope.key}: {s.status}: {s.error}" for s in scopes if s.error]
+        )
         if self._auth_error is not None:
             return "failed", str(self._auth_error)
         if self._lock_lost:

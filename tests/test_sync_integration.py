@@ -19,6 +19,7 @@ from etl.simulator import Simulator, SyntheticStock
 from etl.source.parser import parse_item
 from etl.store.diff import attribute_values, price_values
 from etl.store.lock import DatabaseLock
+from etl.store.runs import ERROR_CHARS, clipped, joined_errors
 from etl.store.schema import (
     availability_snapshots,
     number_events,
@@ -154,6 +155,56 @@ def test_failed_scope_removes_nothing_while_a_complete_one_does(
     assert nl_scope is not None
     assert nl_scope.status == "failed"
     assert "400" in (nl_scope.error or "")
+
+
+def test_a_run_whose_many_scopes_fail_is_recorded_failed_with_its_error_cut_short(
+    simulator: Simulator, db_url: str, engine: Engine
+) -> None:
+    # 240 areas, each answered with an HTML page: their errors together are longer than
+    # MySQL's TEXT (65,535 bytes), which left such a run `running`, its failure lost, and
+    # the next run called it abandoned
+    areas = "|".join(f"+1{code}" for code in range(201, 441))
+    simulator.faults.add("html", times=0)
+    result = sync(simulator, db_url, countries=["US"], prefixes=f"US={areas}", concurrency=8)
+    assert result.status == "failed"
+    assert len(result.scopes) == 240
+    with engine.connect() as conn:
+        run = conn.execute(select(sync_runs).where(sync_runs.c.id == result.run_id)).one()
+        scope_errors = conn.scalars(
+            select(sync_scopes.c.error).where(sync_scopes.c.run_id == result.run_id)
+        ).all()
+    assert run.status == "failed"
+    assert run.finished_at is not None
+    assert len(run.error) <= ERROR_CHARS
+    named = run.error.count("US +1")
+    assert 0 < named < 240
+    assert run.error.endswith(f"; and {240 - named} more: each scope's error is in sync_scopes")
+    assert len(scope_errors) == 240
+    assert all(error and "HTML" in error.upper() for error in scope_errors), scope_errors[:2]
+
+
+def test_a_run_error_keeps_whole_scope_errors_and_cuts_only_what_does_not_fit() -> None:
+    assert joined_errors([]) is None
+    assert joined_errors(["a: failed: x", "b: failed: y"]) == "a: failed: x; b: failed: y"
+    many = [f"scope {i}: failed: " + "z" * 80 for i in range(100)]
+    text = joined_errors(many, limit=1000)
+    assert text is not None
+    assert len(text) <= 1000
+    kept = text.split("; and ")[0].split("; ")
+    assert kept == many[: len(kept)]  # whole, in order
+    assert text.endswith(f"; and {100 - len(kept)} more: each scope's error is in sync_scopes")
+    alone = joined_errors(["x" * 5000, "y"], limit=1000)
+    assert alone is not None
+    assert len(alone) <= 1000
+    assert alone.startswith("xxx")
+    assert "more characters)" in alone
+    assert alone.endswith("; and 1 more: each scope's error is in sync_scopes")
+    assert clipped("short", 100) == "short"
+    cut = clipped("e" * 300, 100)
+    assert cut is not None
+    assert len(cut) <= 100
+    kept_chars = len(cut) - len(cut.lstrip("e"))
+    assert cut == "e" * kept_chars + f"... ({300 - kept_chars} more characters)"
 
 
 def test_removal_after_confirmations_at_first_missing_run(

@@ -24,6 +24,39 @@ COUNT_COLUMNS = (
     "rejected",
 )
 
+# The most characters an error keeps in `sync_runs` or `sync_scopes`: MySQL's TEXT holds
+# 65,535 bytes (4 a character at most in utf8mb4), and a run whose error did not fit could
+# not be recorded at all. A run's error lists its scopes' errors; each is whole in its scope.
+ERROR_CHARS = 4000
+
+
+def clipped(error: str | None, limit: int = ERROR_CHARS) -> str | None:
+    """``error`` cut to ``limit`` characters, saying so at its end."""
+    if error is None or len(error) <= limit:
+        return error
+    keep = max(0, limit - len(f"... ({len(error)} more characters)"))
+    return error[:keep] + f"... ({len(error) - keep} more characters)"
+
+
+def joined_errors(errors: Sequence[str], limit: int = ERROR_CHARS) -> str | None:
+    """The scopes' errors as one text of at most ``limit`` characters for the run's row:
+    as many whole as fit, then how many more failed (each one's error is in its scope's
+    row of sync_scopes)."""
+    text = "; ".join(errors)
+    if len(text) <= limit:
+        return text or None
+    room = limit - len(f"; and {len(errors)} more: each scope's error is in sync_scopes")
+    kept: list[str] = []
+    for error in errors:
+        if len("; ".join([*kept, error])) > room:
+            break
+        kept.append(error)
+    if not kept:  # the first alone is too long: cut short
+        kept = [clipped(errors[0], room) or ""]
+    rest = len(errors) - len(kept)
+    tail = f"; and {rest} more: each scope's error is in sync_scopes" if rest else ""
+    return "; ".join(kept) + tail
+
 
 def mark_abandoned(conn: Connection, now: datetime) -> list[int]:
     """Runs left `running` by a killed process (the caller holds the lock, so no running
@@ -94,7 +127,7 @@ def finish_scope(
     conn.execute(
         update(sync_scopes)
         .where(sync_scopes.c.id == scope_row_id)
-        .values(status=status, finished_at=now, error=error)
+        .values(status=status, finished_at=now, error=clipped(error))
     )
 
 
@@ -135,7 +168,7 @@ def finish_run(
     conn.execute(
         update(sync_runs)
         .where(sync_runs.c.id == run_id)
-        .values(status=status, finished_at=now, error=error, http_retries=http_retries)
+        .values(status=status, finished_at=now, error=clipped(error), http_retries=http_retries)
     )
 
 
