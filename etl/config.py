@@ -306,6 +306,12 @@ def _parse_database_url(value: Any) -> str:
             f"names the {dialect.name!r} database, which numbers-etl does not support; "
             "use SQLite, PostgreSQL or MySQL/MariaDB"
         )
+    if dialect.name in ("mysql", "mariadb") and not url.database:
+        raise ValueError(
+            "names no database, which MySQL/MariaDB needs: add it after the host, e.g. "
+            "mysql+pymysql://user@host:3306/numbers (create it first with "
+            "CREATE DATABASE numbers CHARACTER SET utf8mb4)"
+        )
     try:
         dialect.import_dbapi()
     except ImportError:

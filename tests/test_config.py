@@ -92,6 +92,10 @@ def test_plain_http_is_allowed_to_loopback(url: str) -> None:
         ("not a url", "is not a database URL"),
         ("nosuchdb://x/y", "unknown database dialect or driver 'nosuchdb'"),
         ("postgresql+nosuchdriver://u@h/db", "unknown database dialect or driver"),
+        # no database: every command died in SQLAlchemy's has_table (an AssertionError)
+        ("mysql+pymysql://root@127.0.0.1:3306", "names no database, which MySQL/MariaDB"),
+        ("mysql+pymysql://root@127.0.0.1:3306/", "names no database"),
+        ("mariadb+pymysql://root@localhost", "names no database"),
     ],
 )
 def test_bad_database_url_is_a_config_error(url: str, message: str) -> None:

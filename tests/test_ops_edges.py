@@ -81,6 +81,25 @@ def test_a_tilde_ssl_ca_that_pymysql_cannot_open_is_a_config_error_not_a_traceba
     assert "ssl_ca" in result.stderr
 
 
+def test_a_mysql_urls_own_init_command_runs_after_numbers_etls(tmp_path: Path) -> None:
+    # The engine's init_command (sql_mode, UTC) replaced the URL's without a word
+    url = _with_query(
+        database_url("mysql", tmp_path), init_command="SET SESSION innodb_lock_wait_timeout=7"
+    )
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            waits, zone, mode = conn.exec_driver_sql(
+                "SELECT @@session.innodb_lock_wait_timeout, @@session.time_zone, "
+                "@@session.sql_mode"
+            ).one()
+    finally:
+        engine.dispose()
+    assert int(waits) == 7
+    assert zone == "+00:00"
+    assert "STRICT_ALL_TABLES" in mode
+
+
 def test_db_upgrade_to_a_relative_revision(tmp_path: Path) -> None:
     # alembic's relative revisions (+1) worked with `db upgrade --revision` before c2c211b
     url = f"sqlite:///{tmp_path / 'rel.sqlite'}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,7 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         return engine
     kwargs["pool_size"] = pool_size
     kwargs["max_overflow"] = 4
+    given_init: str | Sequence[str] | None = None
     if backend in ("mysql", "mariadb"):  # mysql+pymysql:// or mariadb+pymysql://
         kwargs["isolation_level"] = "READ COMMITTED"
         connect_args: dict[str, Any] = {
@@ -123,6 +124,9 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             "init_command": f"SET SESSION sql_mode='{MYSQL_SQL_MODE}', time_zone='+00:00'",
         }
         waits = _PYMYSQL_WAITS
+        # The URL's own init_command (?init_command=SET SESSION ...) would be replaced by
+        # this one without a word: it runs after it instead, on every new connection.
+        given_init = parsed.query.get("init_command")
     elif backend == "postgresql":
         # psycopg prepares a statement on the server after 5 runs, and PostgreSQL then keeps
         # a generic plan chosen while `numbers` was still small: a sequential scan that made
@@ -140,7 +144,18 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     # default, and a server that stopped answering hung even `status`.
     connect_args.update({k: v for k, v in waits.items() if k not in parsed.query})
     kwargs["connect_args"] = connect_args
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if backend in ("mysql", "mariadb") and given_init:
+        _init_after_ours(engine, [given_init] if isinstance(given_init, str) else given_init)
+    return engine
+
+
+def _init_after_ours(engine: Engine, statements: Sequence[str]) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            for statement in statements:
+                cursor.execute(statement)
 
 
 # PyMySQL's connect_timeout covers only the TCP connect; read_timeout bounds its handshake
