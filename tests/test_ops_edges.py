@@ -90,8 +90,7 @@ def test_a_mysql_urls_own_init_command_runs_after_numbers_etls(tmp_path: Path) -
     try:
         with engine.connect() as conn:
             waits, zone, mode = conn.exec_driver_sql(
-                "SELECT @@session.innodb_lock_wait_timeout, @@session.time_zone, "
-                "@@session.sql_mode"
+                "SELECT @@session.innodb_lock_wait_timeout, @@session.time_zone, @@session.sql_mode"
             ).one()
     finally:
         engine.dispose()

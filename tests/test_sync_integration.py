@@ -26,6 +26,7 @@ from etl.store.schema import (
     numbers,
     price_changes,
     rejected_items,
+    sync_lock,
     sync_runs,
     sync_scopes,
 )
@@ -205,6 +206,33 @@ def test_a_run_error_keeps_whole_scope_errors_and_cuts_only_what_does_not_fit() 
     assert len(cut) <= 100
     kept_chars = len(cut) - len(cut.lstrip("e"))
     assert cut == "e" * kept_chars + f"... ({300 - kept_chars} more characters)"
+
+
+def test_a_deleted_lock_row_is_written_again_and_still_locks(
+    simulator: Simulator, db_url: str, engine: Engine
+) -> None:
+    # Deleting the row by hand (to clear a lock that looked stuck) broke every later sync
+    # with a NoResultFound traceback, and `db upgrade` did not put it back
+    with engine.begin() as conn:
+        conn.execute(sync_lock.delete())
+    assert sync(simulator, db_url).status == "succeeded"
+    first = DatabaseLock(engine, holder="host-a:1:x")
+    first.acquire()
+    try:
+        with pytest.raises(LockHeld, match="host-a:1:x"):
+            DatabaseLock(engine, holder="host-b:1:y").acquire()
+    finally:
+        first.release()
+    with engine.begin() as conn:
+        conn.execute(sync_lock.delete())
+    lock = DatabaseLock(engine, holder="host-c:1:z")
+    lock.acquire()
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(sync_lock.c.name, sync_lock.c.holder)).all()
+        assert [tuple(r) for r in rows] == [("sync", "host-c:1:z")]
+    finally:
+        lock.release()
 
 
 def test_removal_after_confirmations_at_first_missing_run(

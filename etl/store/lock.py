@@ -17,8 +17,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, or_, select, text, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Connection, Engine, insert, or_, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from etl.errors import LockHeld
 from etl.store.engine import begin_write, db_message, error_codes
@@ -138,7 +138,10 @@ class DatabaseLock:
     def acquire(self) -> None:
         """Take the lock or raise LockHeld naming the holder and when its lock expires."""
         try:
-            self._acquire()
+            try:
+                self._acquire()
+            except IntegrityError:  # another sync wrote the missing row first
+                self._acquire()
         except OperationalError as exc:
             if not _lock_wait_timed_out(exc):
                 raise
@@ -165,7 +168,23 @@ class DatabaseLock:
             if conn.execute(take.where(c.name == LOCK_NAME, free)).rowcount == 1:
                 self._active()
                 return
-            row = conn.execute(select(sync_lock).where(c.name == LOCK_NAME)).one()
+            row = conn.execute(select(sync_lock).where(c.name == LOCK_NAME)).one_or_none()
+            if row is None:
+                # Its row, which migration 0001 writes, was deleted (by hand, to clear a
+                # lock that looked stuck): write it again, taken. A sync doing the same
+                # at once fails on the key, and finds it held when it tries again.
+                log.warning("the sync lock's row was missing from sync_lock: wrote it again")
+                conn.execute(
+                    insert(sync_lock).values(
+                        name=LOCK_NAME,
+                        holder=self.holder,
+                        run_id=None,
+                        acquired_at=now,
+                        expires_at=now + timedelta(seconds=self.ttl),
+                    )
+                )
+                self._active()
+                return
             left = bool(row.holder) and _left_here(row.holder)
             if left or (row.holder and _died_here(row.holder)):
                 # Killed on this very host, or left by an earlier run of this process that
