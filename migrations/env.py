@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from etl.store.migrate import migration_lock_name
 from etl.store.schema import metadata
 
 config = context.config
@@ -15,7 +16,6 @@ config = context.config
 # second waits for the first, then finds the database at head. Without it one of them failed
 # on a table the other had just made. SQLite's BEGIN IMMEDIATE already serialises them.
 MIGRATION_LOCK_KEY = 0x6E756D62  # a PostgreSQL advisory lock key: "numb"
-MIGRATION_LOCK_NAME = "numbers_etl_migrate"  # a MySQL/MariaDB named lock
 MIGRATION_LOCK_WAIT = 600  # seconds
 
 
@@ -31,21 +31,22 @@ def _run(connection: Connection) -> None:
         if backend == "postgresql":  # held until the transaction ends
             connection.execute(text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"))
         if backend in ("mysql", "mariadb"):  # DDL commits: a lock of the session's
+            database = str(connection.execute(text("SELECT DATABASE()")).scalar())
+            name = migration_lock_name(database)  # the server's locks are shared
             got = connection.execute(
                 text("SELECT GET_LOCK(:name, :wait)"),
-                {"name": MIGRATION_LOCK_NAME, "wait": MIGRATION_LOCK_WAIT},
+                {"name": name, "wait": MIGRATION_LOCK_WAIT},
             ).scalar()
             if got != 1:
                 raise SystemExit(
-                    f"another numbers-etl migration held the lock {MIGRATION_LOCK_NAME!r} "
-                    f"for {MIGRATION_LOCK_WAIT} s; try again when it has finished"
+                    f"another numbers-etl migration of the database {database!r} held the "
+                    f"lock {name!r} for {MIGRATION_LOCK_WAIT} s; try again when it has "
+                    "finished"
                 )
             try:
                 context.run_migrations()
             finally:
-                connection.execute(
-                    text("SELECT RELEASE_LOCK(:name)"), {"name": MIGRATION_LOCK_NAME}
-                )
+                connection.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
             return
         context.run_migrations()
 

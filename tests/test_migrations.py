@@ -17,6 +17,7 @@ from sqlalchemy import inspect, select, text
 from etl.store import migrate
 from etl.store.engine import make_engine
 from etl.store.schema import NUMBERS_FILLFACTOR, metadata, numbers, sync_lock
+from tests.conftest import database_url
 from tests.procs import DEADLINE, etl_process, invoke, stop, wait_for
 
 VIEWS = {"v_available_numbers", "v_price_history", "v_removed_numbers", "v_daily_availability"}
@@ -150,6 +151,36 @@ def test_two_db_upgrades_at_once_both_succeed(empty_db_url: str, tmp_path: Path)
         stop(first)
         if second is not None:
             stop(second)
+
+
+def test_a_mysql_upgrade_waits_only_for_upgrades_of_its_own_database(tmp_path: Path) -> None:
+    """MySQL's named locks cover the server: with one name for every database, a `db
+    upgrade` waited up to 600 s for a migration of another database on the same server."""
+    url = database_url("mysql", tmp_path)
+    engine = make_engine(url)
+    try:
+        with engine.connect() as holder:
+            ours = str(holder.execute(text("SELECT DATABASE()")).scalar())
+            for database in ("another_database", "numbers_etl_other"):
+                name = migrate.migration_lock_name(database)
+                assert holder.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": name}).scalar() == 1
+            assert migrate.migration_lock_name(ours) != migrate.migration_lock_name("x" + ours)
+            assert len(migrate.migration_lock_name("d" * 64)) <= 64
+            started = time.monotonic()
+            result = invoke({"NUMBERS_ETL_DATABASE_URL": url}, "db", "upgrade")
+            assert result.exit_code == 0, result.output
+            assert time.monotonic() - started < 60
+            # its own database's lock still makes it wait (as two upgrades of one take turns)
+            own = migrate.migration_lock_name(ours)
+            assert holder.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": own}).scalar() == 1
+            waiting = etl_process(["db", "upgrade"], {"NUMBERS_ETL_DATABASE_URL": url}, tmp_path)
+            try:
+                with pytest.raises(subprocess.TimeoutExpired):
+                    waiting.communicate(timeout=3)
+            finally:
+                stop(waiting)
+    finally:
+        engine.dispose()
 
 
 def test_upgrade_keeps_the_grants_of_the_bi_views(empty_db_url: str) -> None:

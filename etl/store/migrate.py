@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
@@ -16,6 +17,15 @@ from sqlalchemy import Engine
 
 from etl.errors import SchemaOutOfDate
 from etl.store.engine import sqlite_path
+
+
+def migration_lock_name(database: str) -> str:
+    """The MySQL/MariaDB named lock that upgrades of ``database`` take turns on. Such a lock
+    covers the whole server, so the name is the database's own (hashed: a name may be 64
+    characters long, as may a database's), lest an upgrade wait for one of another
+    database."""
+    digest = hashlib.blake2b(database.encode(), digest_size=8).hexdigest()
+    return f"numbers_etl_migrate_{digest}"
 
 
 def alembic_config() -> Config:
