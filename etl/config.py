@@ -511,8 +511,9 @@ def _parse_countries(value: Any) -> tuple[str, ...]:
     bad = [c for c in codes if len(c) != 2 or pycountry.countries.get(alpha_2=c) is None]
     if bad:
         raise ValueError(
-            f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not ISO 3166-1 alpha-2 "
-            "country codes (e.g. US, NL, GB)"
+            f"{', '.join(bad)} "
+            f"{'is not an' if len(bad) == 1 else 'are not'} ISO 3166-1 alpha-2 "
+            f"country code{'' if len(bad) == 1 else 's'} (e.g. US, NL, GB)"
         )
     return tuple(dict.fromkeys(codes))
 

@@ -117,7 +117,7 @@ def test_bad_configuration_exits_2_naming_every_problem(simulator: Simulator, db
     assert "page_size = '500' (env NUMBERS_ETL_PAGE_SIZE): must be between 1 and 99" in (
         result.stderr
     )
-    assert "XX is not ISO 3166-1 alpha-2" in result.stderr
+    assert "XX is not an ISO 3166-1 alpha-2 country code" in result.stderr
     assert result.stdout == ""
 
 
@@ -154,8 +154,8 @@ def test_missing_keys_and_bad_options_are_named_with_the_bad_values(
         "page_size = '500'",
         "access_key is required",
         "organization_id is required",
-        "--country XX: XX is not ISO 3166-1 alpha-2",
-        "--accept-removals YY: YY is not ISO 3166-1 alpha-2",
+        "--country XX: XX is not an ISO 3166-1 alpha-2 country code",
+        "--accept-removals YY: YY is not an ISO 3166-1 alpha-2 country code",
     ):
         assert problem in result.stderr
     assert "countries is required" not in result.stderr  # --country names them
