@@ -26,7 +26,13 @@ def item(number: str, amount: int = 100, exponent: int = -2) -> StockItem:
     )  # fmt: skip
 
 
-def run(engine: Engine, settings: Settings, listing: dict[str, Any], at: datetime) -> RunResult:
+def run(
+    engine: Engine,
+    settings: Settings,
+    listing: dict[str, Any],
+    at: datetime,
+    accept: tuple[str, ...] = (),
+) -> RunResult:
     """A sync at ``at`` (its clock too: a failed scope is dated by it); a scope missing from
     ``listing`` fails."""
 
@@ -36,7 +42,7 @@ def run(engine: Engine, settings: Settings, listing: dict[str, Any], at: datetim
         yield Page(scope.key, 0, at, tuple(listing[scope.key]), (), None)
 
     with mock.patch("etl.sync.utcnow", return_value=at):
-        return Sync(settings, engine=engine, page_source=source).run()
+        return Sync(settings, engine=engine, page_source=source, accept_removals=accept).run()
 
 
 def cfg(**overrides: Any) -> Settings:
@@ -100,6 +106,25 @@ def test_daily_count_keeps_a_country_whose_only_scope_failed_or_was_held_all_day
         "2026-03-01", "2026-03-02", "2026-03-03", "2026-03-04"
     ]  # fmt: skip
     assert [count for _, count, _, _ in rows] == [4, 4, 4, 3]
+
+
+def test_daily_count_of_a_country_that_sold_out_is_zero_not_its_last_stock(
+    engine: Engine,
+) -> None:
+    """A complete scope counts at its own run's snapshot (migration 0006 takes it without
+    a lookup): one that sold out took zero rows there, and a failed day after it keeps
+    the zero, not the stock of the last day with numbers."""
+    numbers_ = [item(f"+1212555000{i}") for i in range(4)]
+    statuses = [
+        run(engine, cfg(), {"US": numbers_}, DAY0 + HOUR).scopes[0].status,
+        run(engine, cfg(), {"US": []}, DAY0 + DAY + HOUR, accept=("US",)).scopes[0].status,
+        run(engine, cfg(), {}, DAY0 + 2 * DAY + HOUR).scopes[0].status,
+        run(engine, cfg(), {"US": numbers_[:1]}, DAY0 + 3 * DAY + HOUR).scopes[0].status,
+    ]
+    assert statuses == ["complete", "complete", "failed", "complete"]
+    assert [(count, voice) for _, count, _, voice in daily(engine)] == [
+        (4, 4), (0, 0), (0, 0), (1, 1)
+    ]  # fmt: skip
 
 
 def test_days_in_stock_of_a_relisted_number_count_its_last_stay(engine: Engine) -> None:
