@@ -114,3 +114,9 @@ def test_parse_bench_runs_end_to_end() -> None:
     output = run_script("parse_bench.py", "--size", "500", "--rounds", "1")
     assert "6 pages of up to 99 items" in output
     assert len(re.findall(r"^\| .* \| \d+ \|$", output, re.MULTILINE)) == 3
+
+
+def test_daily_view_bench_runs_end_to_end() -> None:
+    """bench/daily_view_bench.py on a short history: the two revisions' rows agree (it checks)."""
+    output = run_script("daily_view_bench.py", "--runs", "8")
+    assert re.search(r"^\| sqlite \| 8 \| [\d,]+ \| [\d,]+ \| [\d.]+ \| [\d.]+ \|$", output, re.M)
