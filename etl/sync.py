@@ -131,7 +131,7 @@ def _is_transient(exc: DBAPIError) -> bool:
         return "uq_numbers_number" in str(exc.orig)
     return (
         exc.connection_invalidated
-        or sqlstate in ("40001", "40P01")
+        or sqlstate in ("40001", "40P01", "55P03")  # ... and PostgreSQL's lock timeout
         or errno in (1213, 1205)  # deadlock, lock wait timeout
     )
 

@@ -29,6 +29,8 @@ def _run(connection: Connection) -> None:
     backend = connection.dialect.name
     with context.begin_transaction():
         if backend == "postgresql":  # held until the transaction ends
+            # waits as long as the other upgrade takes, not the sessions' lock_timeout
+            connection.execute(text(f"SET LOCAL lock_timeout = '{MIGRATION_LOCK_WAIT}s'"))
             connection.execute(text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"))
         if backend in ("mysql", "mariadb"):  # DDL commits: a lock of the session's
             database = str(connection.execute(text("SELECT DATABASE()")).scalar())

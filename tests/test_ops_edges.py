@@ -15,7 +15,8 @@ from etl.simulator import Simulator
 from etl.store import migrate
 from etl.store.engine import begin_write, make_engine
 from etl.store.schema import sync_lock
-from tests.conftest import database_url, sim_env
+from etl.sync import Sync
+from tests.conftest import database_url, make_settings, sim_env
 from tests.procs import (
     DEADLINE,
     etl_process,
@@ -97,6 +98,34 @@ def test_a_mysql_urls_own_init_command_runs_after_numbers_etls(tmp_path: Path) -
     assert int(waits) == 7
     assert zone == "+00:00"
     assert "STRICT_ALL_TABLES" in mode
+
+
+def test_a_row_lock_held_elsewhere_fails_its_country_instead_of_hanging_the_sync(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    # A page's write waited for ever on a row another session kept locked (a transaction
+    # left open by hand): no log line, `status` OK, every scheduled run skipped after it
+    url = database_url("postgresql", tmp_path)
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == "50s"
+        migrate.upgrade(engine)
+        settings = make_settings(simulator, url)
+        assert Sync(settings, engine=engine).run().status == "succeeded"
+        quick = _with_query(url, options="-c lock_timeout=1s")  # the URL's own wins
+        with engine.connect() as holder:
+            holder.exec_driver_sql(
+                "SELECT id FROM numbers WHERE country_code = 'NL' ORDER BY id LIMIT 1 FOR UPDATE"
+            )
+            result = Sync(make_settings(simulator, quick)).run()
+            holder.rollback()
+    finally:
+        engine.dispose()
+    statuses = {s.scope.key: s.status for s in result.scopes}
+    assert statuses == {"US": "complete", "NL": "failed"}
+    assert "lock timeout" in (result.scopes[1].error or "")
+    assert result.status == "partial"
 
 
 def test_db_upgrade_to_a_relative_revision(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+PG_LOCK_WAIT_SECONDS = 50  # PostgreSQL's lock_timeout for every session (MySQL's default)
 MYSQL_SQL_MODE = (
     "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,"
     "NO_ENGINE_SUBSTITUTION,ONLY_FULL_GROUP_BY"
@@ -132,7 +133,13 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         # a generic plan chosen while `numbers` was still small: a sequential scan that made
         # a first sync of 200,000 numbers quadratic (8 minutes instead of under one, see
         # bench/RESULTS.md). Custom plans are made for each run's actual parameters.
-        options = "-c timezone=UTC -c plan_cache_mode=force_custom_plan"
+        # A row lock held by another session (a transaction left open by hand) made a
+        # page's write wait for ever, unnoticed: like MySQL's innodb_lock_wait_timeout
+        # (50 s), the wait ends in an error, retried, then failing the country.
+        options = (
+            "-c timezone=UTC -c plan_cache_mode=force_custom_plan "
+            f"-c lock_timeout={PG_LOCK_WAIT_SECONDS}s"
+        )
         given = parsed.query.get("options")  # the URL's own (?options=-c search_path=...)
         if given:
             options += " " + (given if isinstance(given, str) else " ".join(given))
