@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -158,12 +159,13 @@ class DatabaseLock:
             if conn.dialect.name == "postgresql":  # (MySQL: innodb_lock_wait_timeout)
                 conn.execute(text(f"SET LOCAL lock_timeout = '{ACQUIRE_WAIT}s'"))
             now = self._now(conn)
-            take = update(sync_lock).values(
-                holder=self.holder,
-                run_id=None,
-                acquired_at=now,
-                expires_at=now + timedelta(seconds=self.ttl),
-            )
+            holding: dict[str, Any] = {
+                "holder": self.holder,
+                "run_id": None,
+                "acquired_at": now,
+                "expires_at": now + timedelta(seconds=self.ttl),
+            }
+            take = update(sync_lock).values(holding)
             free = or_(c.holder.is_(None), c.expires_at < now)
             if conn.execute(take.where(c.name == LOCK_NAME, free)).rowcount == 1:
                 self._active()
@@ -174,15 +176,7 @@ class DatabaseLock:
                 # lock that looked stuck): write it again, taken. A sync doing the same
                 # at once fails on the key, and finds it held when it tries again.
                 log.warning("the sync lock's row was missing from sync_lock: wrote it again")
-                conn.execute(
-                    insert(sync_lock).values(
-                        name=LOCK_NAME,
-                        holder=self.holder,
-                        run_id=None,
-                        acquired_at=now,
-                        expires_at=now + timedelta(seconds=self.ttl),
-                    )
-                )
+                conn.execute(insert(sync_lock).values(name=LOCK_NAME, **holding))
                 self._active()
                 return
             left = bool(row.holder) and _left_here(row.holder)

@@ -47,8 +47,10 @@ def joined_errors(errors: Sequence[str], limit: int = ERROR_CHARS) -> str | None
         return text or None
     room = limit - len(f"; and {len(errors)} more: each scope's error is in sync_scopes")
     kept: list[str] = []
+    size = 0
     for error in errors:
-        if len("; ".join([*kept, error])) > room:
+        size += len(error) + (2 if kept else 0)  # "; " between two
+        if size > room:
             break
         kept.append(error)
     if not kept:  # the first alone is too long: cut short
