@@ -75,6 +75,19 @@ def test_daily_average_of_two_areas_is_not_cut_to_an_integer(engine: Engine) -> 
     assert type(count) is int  # not DECIMAL (MySQL/MariaDB's SUM)
 
 
+def test_daily_average_has_the_twelve_places_of_a_price_on_every_database(
+    engine: Engine,
+) -> None:
+    """PostgreSQL and MySQL/MariaDB returned the division's own 16 places (1.3333333333333333)
+    where SQLite rounds to the money columns' 12 (migration 0007)."""
+    three = cfg(prefixes={"US": ("+1212", "+1646", "+1718")})
+    run(engine, three, {"US +1212": [item("+12125550001", 1, 0)], "US +1646": [
+        item("+16465550001", 1, 0)], "US +1718": [item("+17185550001", 2, 0)]}, DAY0)  # fmt: skip
+    [(_, count, average, _)] = daily(engine)
+    assert count == 3
+    assert Decimal(str(average)) == Decimal("1.333333333333")
+
+
 def test_daily_count_after_a_country_switched_to_areas_that_day(engine: Engine) -> None:
     run(engine, cfg(), {"US": A + B}, DAY0 + HOUR)
     run(engine, AREAS, {"US +1212": A, "US +1646": B}, DAY0 + 7 * HOUR)
