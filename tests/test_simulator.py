@@ -512,6 +512,8 @@ def test_fault_arguments_are_checked() -> None:
         faults.add("status")
     with pytest.raises(ValueError, match="takes no parameter"):
         faults.add("html", status=500)
+    with pytest.raises(ValueError, match="fault '429' is status 429: drop status=503"):
+        faults.add("429", status=503)
     with pytest.raises(ValueError, match="latency"):
         faults.set_latency(-1)
 
@@ -564,6 +566,13 @@ def test_control_endpoints(sim: Simulator) -> None:
         assert control.delete(sim.url + "/_simulator/faults").json() == {"faults": 0}
         assert get(client, sim).headers["Content-Type"] == "application/json"
 
+        # a status code as the kind, as --fault takes it
+        control.post(sim.url + "/_simulator/faults", json={"kind": "429", "retry_after": 2})
+        control.post(sim.url + "/_simulator/faults", json={"kind": 503})
+        limited = get(client, sim)
+        assert (limited.status_code, limited.headers["Retry-After"]) == (429, "2")
+        assert [get(client, sim).status_code for _ in range(2)] == [503, 200]
+
         bad = control.post(sim.url + "/_simulator/faults", json={"kind": "teapot"})
         assert bad.status_code == 400
         assert "teapot" in bad.json()["message"]
@@ -577,8 +586,8 @@ def test_control_endpoints(sim: Simulator) -> None:
         assert wrong.status_code == 400
 
         stats = control.get(sim.url + "/_simulator/stats", timeout=10).json()
-        assert stats["requests"] == 5
-        assert stats["statuses"] == {"200": 3, "503": 2}
+        assert stats["requests"] == 8
+        assert stats["statuses"] == {"200": 4, "429": 1, "503": 3}
         assert control.get(sim.url + "/_simulator/nothing").status_code == 404
 
 

@@ -74,7 +74,7 @@ class Faults:
 
     def add(
         self,
-        kind: str,
+        kind: str | int,
         *,
         times: int = 1,
         country: str | None = None,
@@ -83,7 +83,9 @@ class Faults:
     ) -> None:
         """Arm a fault that hits the next ``times`` matching listing requests (0: every one
         until cleared); ``country`` narrows it to requests whose countryCodes include it and
-        ``page`` to that 0-based page index of a listing (0 is a request without a token)."""
+        ``page`` to that 0-based page index of a listing (0 is a request without a token).
+        A status code as the kind (``429``, ``"503"``) is a ``status`` fault, as in ``--fault``."""
+        kind, params = _status_alias(kind, params)
         if kind not in KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {', '.join(KINDS)}")
         unknown = set(params) - _ALLOWED[kind]
@@ -158,11 +160,7 @@ class Faults:
         (a bare status code is a ``status`` fault), ``status:status=503,times=2``,
         ``latency:seconds=0.05``, ``html``, ``disconnect:page=2``."""
         kind, _, rest = spec.strip().partition(":")
-        kind = kind.strip().lower().replace("-", "_")
-        params: dict[str, Any] = {}
-        if kind.isdigit():
-            params["status"] = int(kind)
-            kind = "status"
+        kind, params = _status_alias(kind.strip().lower().replace("-", "_"), {})
         if kind not in KINDS:
             raise ValueError(
                 f"fault {spec!r}: unknown kind {kind!r}; expected a status code such as 429 or "
@@ -180,3 +178,14 @@ class Faults:
             except ValueError as exc:
                 raise ValueError(f"fault {spec!r}: {exc}") from None
         return kind, params
+
+
+def _status_alias(kind: str | int, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A status code given as the kind (429, "429") is a ``status`` fault with that status;
+    a ``status`` given beside it as well must agree."""
+    if isinstance(kind, bool) or not (isinstance(kind, int) or kind.isdigit()):
+        return str(kind), params
+    code = int(kind)
+    if params.get("status") not in (None, code, str(code)):
+        raise ValueError(f"fault {kind!r} is status {code}: drop status={params['status']!r}")
+    return "status", {**params, "status": code}

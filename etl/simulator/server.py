@@ -286,9 +286,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, _json(sim.stock.evolve(**payload)))
             elif (method, path) == ("POST", "/_simulator/faults"):
                 kind = payload.pop("kind", None)
-                if not isinstance(kind, str):
+                if isinstance(kind, bool) or not isinstance(kind, str | int):
                     raise BadRequest(
-                        'the body needs "kind", e.g. {"kind": "status", "status": 503}'
+                        'the body needs "kind", e.g. {"kind": "status", "status": 503} '
+                        'or {"kind": "429", "retry_after": 2}'
                     )
                 sim.faults.add(kind, **payload)
                 self._send(200, _json({"faults": len(sim.faults.pending())}))
