@@ -478,7 +478,8 @@ def status(settings: Settings, max_age: timedelta) -> NoReturn:
     """Last run, last successful run, per-country state; exit 1 when unhealthy.
 
     Unhealthy: no successful sync yet, the last one older than --max-age, the last
-    finished run failed, partial or abandoned, or a configured country not listed
+    finished run failed, partial or abandoned, the last run still running with no live
+    holder of the sync lock (its process died), or a configured country not listed
     completely within --max-age or failed or held in its last run. For monitoring checks."""
     from etl.status import read_status
     from etl.store.engine import sqlite_path

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, func, select
 
 from etl.config import parse_interval
+from etl.store.lock import vacancy
 from etl.store.runs import with_counts_so_far
 from etl.store.schema import sync_runs, sync_scopes
 
@@ -56,10 +57,12 @@ class Status:
     # in a finished run, so that a country failing in every run shows even when runs of
     # other countries (`sync --country`) succeed.
     configured: dict[str, tuple[datetime | None, str | None]] = field(default_factory=dict)
+    # The last run is `running` but the sync lock has no live holder (``lock.vacancy``).
+    orphaned: tuple[str, datetime | None] | None = None
 
     @property
     def problems(self) -> list[str]:
-        out = self._scope_problems()
+        out = self._orphan_problems() + self._scope_problems()
         if self.last_success is None:
             out.append("no sync has succeeded yet")
         else:
@@ -73,6 +76,22 @@ class Status:
         if finished is not None and finished["status"] in UNHEALTHY:
             out.append(f"the last run ({finished['id']}) is {finished['status']}")
         return out
+
+    def _orphan_problems(self) -> list[str]:
+        if self.orphaned is None or self.last_run is None:
+            return []
+        why, expired = self.orphaned
+        lock = {
+            "free": "nothing holds the sync lock",
+            "gone": "the process holding the sync lock is gone",
+            "expired": "the sync lock "
+            + (f"expired {_age(expired, self.now)} ago" if expired else "has no expiry"),
+        }[why]
+        return [
+            f"run {self.last_run['id']} is marked running, but {lock}: the process running it "
+            "died or lost the database. The next sync marks it abandoned; run `numbers-etl "
+            "sync` now rather than wait for the schedule"
+        ]
 
     def _scope_problems(self) -> list[str]:
         out = []
@@ -149,6 +168,8 @@ def read_status(
             return None if row is None else with_counts_so_far(conn, dict(row._mapping))
 
         status.last_run = latest()
+        if status.last_run is not None and status.last_run["status"] == "running":
+            status.orphaned = vacancy(conn)
         status.last_finished = latest(sync_runs.c.status != "running")
         status.last_success = latest(sync_runs.c.status == "succeeded")
         if status.last_run is not None:

@@ -291,6 +291,12 @@ def test_a_killed_sync_is_marked_abandoned_by_the_next_one_which_repairs(
     signal_after_first_page(proc, db_url, signal.SIGKILL)  # reaped: its pid no longer exists
     (killed,) = runs_of(db_url)
     assert killed.status == "running"
+    checked = invoke(sim_env(simulator, db_url), "status")
+    assert checked.exit_code == 1, checked.output
+    assert (
+        f"PROBLEM: run {killed.id} is marked running, but the process holding the sync lock "
+        "is gone" in checked.stdout
+    )
     simulator.faults.set_latency(0)
     # The dead process's lock is taken over at once (same host), not after lock_ttl_seconds.
     result = invoke(sim_env(simulator, db_url), "sync")

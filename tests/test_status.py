@@ -13,7 +13,8 @@ from etl.cli import cli
 from etl.records import Scope
 from etl.status import parse_duration
 from etl.store import runs
-from etl.store.schema import sync_scopes
+from etl.store.lock import DatabaseLock
+from etl.store.schema import LOCK_NAME, sync_lock, sync_scopes
 
 
 def ago(**delta: float) -> datetime:
@@ -97,12 +98,59 @@ def test_status_of_the_last_finished_run(db_url: str, engine: Engine, last: str,
 
 def test_a_run_in_progress_is_judged_by_the_last_finished_one(db_url: str, engine: Engine) -> None:
     add_run(engine, "succeeded", ago(hours=2))
-    running = add_run(engine, "running", ago(minutes=1))
-    result = status(db_url)
+    lock = DatabaseLock(engine)
+    lock.acquire()  # as the sync running it holds it
+    try:
+        running = add_run(engine, "running", ago(minutes=1))
+        result = status(db_url)
+    finally:
+        lock.release()
     assert result.exit_code == 0, result.output
     assert f"last run: {running} running" in result.stdout
     assert "last finished run:" in result.stdout
     assert "  US: running" in result.stdout
+
+
+def hold_lock(engine: Engine, holder: str, expires_at: datetime) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(sync_lock)
+            .where(sync_lock.c.name == LOCK_NAME)
+            .values(holder=holder, acquired_at=ago(hours=3), expires_at=expires_at)
+        )
+
+
+@pytest.mark.parametrize(
+    ("holder", "expires", "why"),
+    [
+        (None, None, "nothing holds the sync lock"),
+        ("other-host:4242:abcd1234:", timedelta(minutes=-10), "the sync lock expired 10m ago"),
+    ],
+)
+def test_a_running_run_whose_lock_has_no_live_holder_is_a_problem(
+    db_url: str, engine: Engine, holder: str | None, expires: timedelta | None, why: str
+) -> None:
+    """Its process died (a crash, the OOM killer, a watchdog's SIGKILL): nothing will
+    finish it, and status said OK on the strength of the run before until --max-age."""
+    add_run(engine, "succeeded", ago(hours=2))
+    running = add_run(engine, "running", ago(hours=1))
+    hold_lock(engine, holder, None if expires is None else datetime.now(UTC) + expires)
+    result = status(db_url)
+    assert result.exit_code == 1, result.output
+    assert (
+        f"PROBLEM: run {running} is marked running, but {why}: the process running it died "
+        "or lost the database. The next sync marks it abandoned" in result.stdout
+    )
+
+
+def test_a_running_run_whose_lock_holder_lives_on_another_host_is_not_a_problem(
+    db_url: str, engine: Engine
+) -> None:
+    add_run(engine, "succeeded", ago(hours=2))
+    add_run(engine, "running", ago(hours=1))
+    hold_lock(engine, "other-host:4242:abcd1234:", datetime.now(UTC) + timedelta(minutes=4))
+    result = status(db_url)
+    assert result.exit_code == 0, result.output
 
 
 def test_a_run_in_progress_shows_its_counts_so_far(db_url: str, engine: Engine) -> None:

@@ -101,7 +101,7 @@ def _left_here(holder: str) -> bool:
         return holder not in _ACTIVE
 
 
-def _died_here(holder: str) -> bool:
+def died_here(holder: str) -> bool:
     """True when ``holder`` names a process of this host and PID space that no longer
     exists. Anything less certain (another host, another container, an older holder name)
     waits for the lock to expire."""
@@ -116,6 +116,20 @@ def _died_here(holder: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def vacancy(conn: Connection) -> tuple[str, datetime | None] | None:
+    """None while the sync lock may have a live holder; otherwise why it has none:
+    ``("free", None)`` (released, or its row is missing), ``("gone", None)`` (its holder, a
+    process of this host, no longer exists) or ``("expired", expires_at)``."""
+    row = conn.execute(select(sync_lock).where(sync_lock.c.name == LOCK_NAME)).one_or_none()
+    if row is None or row.holder is None:
+        return "free", None
+    if died_here(row.holder):
+        return "gone", None
+    if row.expires_at is None or row.expires_at < database_now(conn):
+        return "expired", row.expires_at
+    return None
 
 
 class DatabaseLock:
@@ -180,7 +194,7 @@ class DatabaseLock:
                 self._active()
                 return
             left = bool(row.holder) and _left_here(row.holder)
-            if left or (row.holder and _died_here(row.holder)):
+            if left or (row.holder and died_here(row.holder)):
                 # Killed on this very host, or left by an earlier run of this process that
                 # could not release it: no need to wait for the lock to expire.
                 taken = conn.execute(take.where(c.name == LOCK_NAME, c.holder == row.holder))
