@@ -403,6 +403,13 @@ def sync(
 @cli.command()
 @click.option("--run-now", is_flag=True, help="Run a sync at start, then on the schedule.")
 @click.option(
+    "--catch-up/--no-catch-up",
+    default=True,
+    show_default=True,
+    help="At start, run a sync at once if a slot of the schedule passed since the last run "
+    "started (the process was down); an interval counts from the last run.",
+)
+@click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
     default=None,
@@ -419,6 +426,7 @@ def sync(
 def schedule(
     settings: Settings,
     run_now: bool,
+    catch_up: bool,
     metrics_port: int | None,
     metrics_host: str,
     metrics_file: Path | None,
@@ -448,7 +456,7 @@ def schedule(
             ),
             on_signal=lambda: exit_when_overdue(),
         )
-        scheduler.run_forever(run_now=run_now)
+        scheduler.run_forever(run_now=run_now, catch_up=catch_up)
     finally:
         if metrics is not None:
             metrics.close()

@@ -72,6 +72,7 @@ class Metrics:
         self._lock = threading.Lock()
         self.registry = _LockedRegistry(self._lock)
         self._read_once = False
+        self.up = False  # the last read of the database answered
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -117,9 +118,12 @@ class Metrics:
         result: RunResult | None = None,
         outcome: str | None = None,
         at: datetime | None = None,
+        *,
+        quiet: bool = False,
     ) -> None:
         """Refresh every gauge after an attempt (``result`` is None when it raised;
-        ``outcome`` None: no attempt yet, only the database's figures)."""
+        ``outcome`` None: no attempt yet, only the database's figures). ``quiet``: a database
+        that cannot be read is logged at DEBUG (a retry of a read that failed)."""
         with self._lock:
             if outcome is not None:
                 _one_hot(self.attempt, outcome, OUTCOMES)
@@ -137,8 +141,13 @@ class Metrics:
             with engine.connect() as conn:
                 snapshot = _read(conn)
         except SQLAlchemyError as exc:
-            log.warning("metrics: could not read the database: %s", str(exc).splitlines()[0])
+            log.log(
+                logging.DEBUG if quiet else logging.WARNING,
+                "metrics: could not read the database: %s",
+                str(exc).splitlines()[0],
+            )
             with self._lock:
+                self.up = False
                 self.database_up.set(0)
                 if not self._read_once:
                     for name in _FROM_DATABASE:
@@ -152,6 +161,7 @@ class Metrics:
                     with suppress(ValueError):  # registered already
                         self.registry.register(getattr(self, name))
             self._apply(snapshot)
+            self.up = True
             self.database_up.set(1)
 
     def record_unanswered(self, at: datetime) -> None:
@@ -162,6 +172,7 @@ class Metrics:
     def database_unanswered(self) -> None:
         """The database did not answer a read in time (the read may still end, later)."""
         with self._lock:
+            self.up = False
             self.database_up.set(0)
 
     def _apply(self, snapshot: _Snapshot) -> None:

@@ -25,19 +25,22 @@ from apscheduler.events import (
 )
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, inspect, select
 
 from etl.config import Settings, crontab_trigger, parse_interval
 from etl.errors import EtlError, LockHeld
 from etl.metrics import Metrics
 from etl.report import run_fields, summary_line
 from etl.store.engine import make_engine, sqlite_path
+from etl.store.schema import sync_runs
 from etl.sync import STOP_SIGNALS, RunResult, Sync
 
 log = logging.getLogger("etl.scheduler")
 JOB_ID = "sync"
 CRON_GRACE = 300  # seconds a cron run may start late (a busy host, a suspended VM)
 METRICS_READ_WAIT = 60  # seconds the scheduler waits on the database's figures
+METRICS_RETRY = 60  # seconds between reads of the figures while the database is not up
+METRICS_JOB_ID = "metrics"
 
 
 def make_trigger(schedule: str) -> tuple[Any, int]:
@@ -76,6 +79,7 @@ class SyncScheduler:
         self._started = threading.Event()
         self._engine: Engine | None = None  # the metrics'
         self._reader: threading.Thread | None = None  # the metrics' read of the database
+        self._reader_lock = threading.Lock()  # a run's read and the retry's, one at a time
         # One engine for every run, its connections closed after each: an engine per run
         # left a dialect behind in caches keyed by it (SQLAlchemy's own keeps 128).
         self._sync_engine: Engine | None = None
@@ -131,7 +135,9 @@ class SyncScheduler:
         log.log(level, message, extra=run_fields(result))
         return result, result.status
 
-    def _record(self, result: RunResult | None, outcome: str | None) -> None:
+    def _record(
+        self, result: RunResult | None, outcome: str | None, *, quiet: bool = False
+    ) -> None:
         """The attempt's outcome at once, then the database's figures (see ``_read``), then
         the metrics file. Never raises: metrics must never stop the syncs."""
         if self.metrics is None:
@@ -139,14 +145,22 @@ class SyncScheduler:
         try:
             at = None if outcome is None else datetime.now(UTC)
             self.metrics.record(None, result, outcome, at)
-            self._read(self.metrics)
+            self._read(self.metrics, quiet=quiet)
             if self.metrics_file is not None:
                 self.metrics.write(self.metrics_file)
         except Exception as exc:
             log.error("could not update the metrics: %s", exc)
             log.debug("could not update the metrics", exc_info=True)
 
-    def _read(self, metrics: Metrics) -> None:
+    def _retry_metrics(self) -> None:
+        """Every ``METRICS_RETRY`` seconds: while the last read of the database's figures
+        failed (a database down when the scheduler started, or after a run), read them
+        again, so that ``database_up`` and the last run's figures come back without waiting
+        for the next run (up to 6 h on the default schedule)."""
+        if self.metrics is not None and not self.metrics.up and not self._closing.is_set():
+            self._record(None, None, quiet=True)
+
+    def _read(self, metrics: Metrics, *, quiet: bool = False) -> None:
         """The database's figures, in a thread of their own that the scheduler waits on for
         at most ``METRICS_READ_WAIT`` seconds: a database that stops answering (PostgreSQL's
         driver waits for ever on a connection made before) must not stop the schedule. One
@@ -155,25 +169,30 @@ class SyncScheduler:
         path = sqlite_path(self.settings.database_url)
         if path is not None and not path.exists():
             return
-        if self._reader is not None and self._reader.is_alive():
-            log.warning("metrics: the database has not answered the previous read yet")
-            metrics.database_unanswered()
-            return
-        if self._engine is None:
-            self._engine = make_engine(self.settings.database_url, pool_size=1)
-        engine = self._engine
+        with self._reader_lock:
+            if self._reader is not None and self._reader.is_alive():
+                log.log(
+                    logging.DEBUG if quiet else logging.WARNING,
+                    "metrics: the database has not answered the previous read yet",
+                )
+                metrics.database_unanswered()
+                return
+            if self._engine is None:
+                self._engine = make_engine(self.settings.database_url, pool_size=1)
+            engine = self._engine
 
-        def read() -> None:
-            try:
-                metrics.record(engine)
-            finally:
-                engine.dispose()
+            def read() -> None:
+                try:
+                    metrics.record(engine, quiet=quiet)
+                finally:
+                    engine.dispose()
 
-        self._reader = threading.Thread(target=read, name="metrics-read", daemon=True)
-        self._reader.start()
-        self._reader.join(METRICS_READ_WAIT)
-        if self._reader.is_alive():
-            log.warning(
+            reader = self._reader = threading.Thread(target=read, name="metrics-read", daemon=True)
+            reader.start()
+        reader.join(METRICS_READ_WAIT)
+        if reader.is_alive():
+            log.log(
+                logging.DEBUG if quiet else logging.WARNING,
                 "metrics: the database has not answered in %d s; the schedule goes on, "
                 "database_up is 0",
                 METRICS_READ_WAIT,
@@ -183,6 +202,8 @@ class SyncScheduler:
     def _log_skipped(self, event: JobEvent) -> None:
         """A run that did not happen, why, and when the next one is. APScheduler's own
         warning shows the time it skipped as the job's "next run at"."""
+        if getattr(event, "job_id", JOB_ID) != JOB_ID:  # the metrics' retry: no run skipped
+            return
         due = (
             getattr(event, "scheduled_run_time", None)
             or getattr(event, "scheduled_run_times", [None])[-1]
@@ -209,16 +230,83 @@ class SyncScheduler:
 
     # --- the long-running process ----------------------------------------------------------
 
-    def run_forever(self, *, run_now: bool = False) -> None:
-        """Block, running syncs on the schedule, until a stop signal (or ``close()``)."""
+    def last_started(self) -> datetime | None:
+        """When the database's latest run started: None when there is none, no database (a
+        SQLite file that is not there is not created), or no answer within
+        ``METRICS_READ_WAIT`` seconds (logged). Never raises."""
+        path = sqlite_path(self.settings.database_url)
+        if path is not None and not path.exists():
+            return None
+        found: list[datetime | None] = []
+
+        def read() -> None:
+            try:
+                engine = make_engine(self.settings.database_url, pool_size=1)
+                try:
+                    with engine.connect() as conn:
+                        if inspect(conn).has_table(sync_runs.name):
+                            found.append(conn.scalar(select(func.max(sync_runs.c.started_at))))
+                finally:
+                    engine.dispose()
+            except Exception as exc:
+                log.warning(
+                    "could not read when the last run started, so no missed run is caught up: %s",
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                )
+
+        reader = threading.Thread(target=read, name="last-run-read", daemon=True)
+        reader.start()
+        reader.join(METRICS_READ_WAIT)
+        if reader.is_alive():
+            log.warning(
+                "the database has not said in %d s when the last run started, so no missed "
+                "run is caught up",
+                METRICS_READ_WAIT,
+            )
+            return None
+        return found[0] if found else None
+
+    def plan(self, now: datetime, last: datetime | None) -> tuple[Any, datetime | None, str]:
+        """The sync's trigger, its first run when that is not the trigger's own, and why,
+        given when the latest run started. A slot of the schedule that passed since then (a
+        crash, a restart, a host that was down) is run at once, as systemd's
+        ``Persistent=true`` timers do. Otherwise an interval keeps its cadence: the first
+        run comes an interval after the last one, not an interval after this start."""
+        if last is None or last >= now:  # (later: another host's clock ahead of this one's)
+            return self.trigger, None, ""
+        if isinstance(self.trigger, IntervalTrigger):
+            due = last + self.trigger.interval
+            if due > now:
+                seconds = self.trigger.interval_length
+                return IntervalTrigger(seconds=seconds, start_date=last, timezone=UTC), None, ""
+        else:
+            due = self.trigger.get_next_fire_time(None, last)
+            if due is None or due > now:
+                return self.trigger, None, ""
+        return (
+            self.trigger,
+            now,
+            f"catching up: the run due at {due:%Y-%m-%d %H:%M:%S} UTC did not happen (the last "
+            f"run started at {last:%Y-%m-%d %H:%M:%S} UTC); running one now",
+        )
+
+    def run_forever(self, *, run_now: bool = False, catch_up: bool = True) -> None:
+        """Block, running syncs on the schedule, until a stop signal (or ``close()``).
+        ``run_now``: a run at once. ``catch_up``: a run at once only when a slot of the
+        schedule passed since the latest run started (``plan``)."""
         options: dict[str, Any] = {}
         now = datetime.now(UTC)
-        first = now if run_now else self.trigger.get_next_fire_time(None, now)
+        trigger, first_run, why = self.trigger, None, ""
         if run_now:
-            options["next_run_time"] = now
+            first_run = now
+        elif catch_up:
+            trigger, first_run, why = self.plan(now, self.last_started())
+        if first_run is not None:
+            options["next_run_time"] = first_run
+        first = first_run or trigger.get_next_fire_time(None, now)
         self.scheduler.add_job(
             self.run_once,
-            self.trigger,
+            trigger,
             id=JOB_ID,
             name="numbers-etl sync",
             max_instances=1,
@@ -226,6 +314,18 @@ class SyncScheduler:
             misfire_grace_time=self.grace,
             **options,
         )
+        if self.metrics is not None:
+            self.scheduler.add_job(
+                self._retry_metrics,
+                IntervalTrigger(seconds=METRICS_RETRY, timezone=UTC),
+                id=METRICS_JOB_ID,
+                name="numbers-etl metrics retry",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=METRICS_RETRY,
+            )
+        if why:
+            log.warning("%s", why)
         self._record(None, None)
         self.scheduler.add_listener(lambda _event: self._started.set(), EVENT_SCHEDULER_STARTED)
         self.scheduler.add_listener(self._log_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)

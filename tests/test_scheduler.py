@@ -18,16 +18,17 @@ import requests
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.engine import Dialect
 
 import etl.scheduler as scheduler_module
+from etl.config import Settings
 from etl.metrics import Metrics
 from etl.scheduler import SyncScheduler, make_trigger
 from etl.simulator import Simulator
 from etl.store.engine import make_engine
 from etl.store.lock import DatabaseLock
-from etl.store.schema import sync_lock
+from etl.store.schema import sync_lock, sync_runs
 from tests.conftest import make_settings, sim_env
 from tests.procs import (
     Output,
@@ -411,3 +412,114 @@ def test_a_run_skipped_because_the_one_before_still_goes_says_when_the_next_is(
     )
     assert match, line
     assert match.group(2) > match.group(1)
+
+
+# --- catching up a missed run, and the metrics after an outage --------------------------------
+
+NOW = datetime(2026, 3, 1, 13, 0, tzinfo=UTC)
+
+
+def _scheduler(schedule: str) -> SyncScheduler:
+    return SyncScheduler(Settings(schedule=schedule))
+
+
+def test_a_slot_missed_since_the_last_run_is_run_at_once() -> None:
+    """The process was down (a crash, a deploy, a host that was off) across a slot: the
+    run waited for the next slot, up to 6 h on the default schedule."""
+    hourly = _scheduler("1h")
+    trigger, first, why = hourly.plan(NOW, NOW - timedelta(hours=2, minutes=10))
+    assert (trigger, first) == (hourly.trigger, NOW)
+    assert why == (
+        "catching up: the run due at 2026-03-01 11:50:00 UTC did not happen (the last run "
+        "started at 2026-03-01 10:50:00 UTC); running one now"
+    )
+    six_hourly = _scheduler("0 */6 * * *")
+    _, first, why = six_hourly.plan(NOW, datetime(2026, 3, 1, 6, 0, 2, tzinfo=UTC))
+    assert first == NOW
+    assert "the run due at 2026-03-01 12:00:00 UTC did not happen" in why
+
+
+def test_without_a_missed_slot_the_schedule_keeps_its_time() -> None:
+    six_hourly = _scheduler("0 */6 * * *")
+    assert six_hourly.plan(NOW, datetime(2026, 3, 1, 12, 0, 3, tzinfo=UTC)) == (
+        six_hourly.trigger, None, ""
+    )  # fmt: skip
+    assert six_hourly.plan(NOW, None) == (six_hourly.trigger, None, "")  # no run yet
+    # an interval counts from the last run, not from this start: a restart 50 minutes
+    # after a run of an hourly schedule runs 10 minutes later, not an hour
+    trigger, first, why = _scheduler("1h").plan(NOW, NOW - timedelta(minutes=50))
+    assert (first, why) == (None, "")
+    assert trigger.get_next_fire_time(None, NOW) == NOW + timedelta(minutes=10)
+    # a last run "in the future" (another host's clock ahead): an interval from this start
+    hourly = _scheduler("1h")
+    assert hourly.plan(NOW, NOW + timedelta(minutes=2)) == (hourly.trigger, None, "")
+
+
+def test_a_scheduler_started_after_a_missed_slot_runs_at_once(
+    simulator: Simulator, db_url: str, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(simulator, db_url, schedule="1h")
+    scheduler = SyncScheduler(settings)
+    assert scheduler.last_started() is None  # no run yet: no catch-up
+    assert scheduler.run_once() == "succeeded"
+    two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
+    with engine.begin() as conn:
+        conn.execute(update(sync_runs).values(started_at=two_hours_ago))
+    assert scheduler.last_started() == two_hours_ago
+
+    scheduler = SyncScheduler(settings)
+
+    def close_after_first_run() -> None:
+        try:
+            wait_for(lambda: scheduler.outcomes, "the catch-up run")
+        finally:
+            scheduler.close("test")
+
+    closer = threading.Thread(target=close_after_first_run)
+    with caplog.at_level(logging.WARNING, "etl.scheduler"):
+        closer.start()
+        scheduler.run_forever()
+        closer.join()
+    assert list(scheduler.outcomes) == ["succeeded"]
+    assert "catching up: the run due at " in caplog.text
+    assert [r.status for r in runs_of(db_url)] == ["succeeded", "succeeded"]
+
+
+@pytest.mark.parametrize("empty_db_url", ["postgresql", "mysql"], indirect=True)
+def test_metrics_read_while_the_database_was_down_come_back_without_a_run(
+    simulator: Simulator, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database down when the scheduler started left database_up 0 and no last-run
+    figures until the next run, up to 6 h later."""
+    monkeypatch.setattr(scheduler_module, "METRICS_RETRY", 1)
+    monkeypatch.setattr(scheduler_module, "METRICS_READ_WAIT", 5)
+    SyncScheduler(make_settings(simulator, db_url)).run_once()
+    (run,) = runs_of(db_url)
+    metrics = Metrics()
+    with proxy_to(db_url) as (proxy, proxied):
+        proxy.down()
+        settings = make_settings(simulator, proxied, schedule="1d")
+        scheduler = SyncScheduler(settings, metrics=metrics)
+        closer_error: list[BaseException] = []
+
+        def up_then_close() -> None:
+            try:
+                wait_for(
+                    lambda: metrics.registry.get_sample_value("numbers_etl_last_run_id") is None,
+                    "the first read to fail (its figures left out)",
+                )
+                assert _database_up(metrics) == 0
+                proxy.up()
+                wait_for(lambda: _database_up(metrics) == 1, "a read once the database is up")
+            except BaseException as exc:
+                closer_error.append(exc)
+            finally:
+                scheduler.close("test")
+
+        closer = threading.Thread(target=up_then_close)
+        closer.start()
+        scheduler.run_forever(catch_up=False)
+        closer.join()
+    assert not closer_error, closer_error
+    assert metrics.registry.get_sample_value("numbers_etl_last_run_id") == run.id
+    assert list(scheduler.outcomes) == []  # no run: the figures came from the retry
