@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -23,6 +25,7 @@ from apscheduler.events import (
     EVENT_SCHEDULER_STARTED,
     JobEvent,
 )
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine, func, inspect, select
@@ -41,6 +44,7 @@ CRON_GRACE = 300  # seconds a cron run may start late (a busy host, a suspended 
 METRICS_READ_WAIT = 60  # seconds the scheduler waits on the database's figures
 METRICS_RETRY = 60  # seconds between reads of the figures while the database is not up
 METRICS_JOB_ID = "metrics"
+CATCH_UP_JOB_ID = "catch-up"
 
 
 def make_trigger(schedule: str) -> tuple[Any, int]:
@@ -146,18 +150,38 @@ class SyncScheduler:
             at = None if outcome is None else datetime.now(UTC)
             self.metrics.record(None, result, outcome, at)
             self._read(self.metrics, quiet=quiet)
+            self._retry_while_down()
             if self.metrics_file is not None:
                 self.metrics.write(self.metrics_file)
         except Exception as exc:
             log.error("could not update the metrics: %s", exc)
             log.debug("could not update the metrics", exc_info=True)
 
+    def _retry_while_down(self) -> None:
+        """A job that reads the figures again every ``METRICS_RETRY`` seconds exists while
+        the last read failed (a database down when the scheduler started, or when a run
+        ended), so that ``database_up`` and the last run's figures come back without waiting
+        for the next run (up to 6 h on the default schedule); not otherwise."""
+        if self.metrics is None or self._closing.is_set():
+            return
+        job = self.scheduler.get_job(METRICS_JOB_ID)
+        if self.metrics.up and job is not None:
+            job.remove()
+        elif not self.metrics.up and job is None:
+            self.scheduler.add_job(
+                self._retry_metrics,
+                IntervalTrigger(seconds=METRICS_RETRY, timezone=UTC),
+                id=METRICS_JOB_ID,
+                name="numbers-etl metrics retry",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=METRICS_RETRY,
+                replace_existing=True,
+            )
+
     def _retry_metrics(self) -> None:
-        """Every ``METRICS_RETRY`` seconds: while the last read of the database's figures
-        failed (a database down when the scheduler started, or after a run), read them
-        again, so that ``database_up`` and the last run's figures come back without waiting
-        for the next run (up to 6 h on the default schedule)."""
-        if self.metrics is not None and not self.metrics.up and not self._closing.is_set():
+        # A run in flight reads them when it ends.
+        if self._idle.is_set() and not self._closing.is_set():
             self._record(None, None, quiet=True)
 
     def _read(self, metrics: Metrics, *, quiet: bool = False) -> None:
@@ -189,7 +213,11 @@ class SyncScheduler:
 
             reader = self._reader = threading.Thread(target=read, name="metrics-read", daemon=True)
             reader.start()
-        reader.join(METRICS_READ_WAIT)
+        deadline = time.monotonic() + METRICS_READ_WAIT
+        while reader.is_alive() and time.monotonic() < deadline:
+            reader.join(1)
+            if quiet and self._closing.is_set():  # a retry does not hold up a stop
+                break
         if reader.is_alive():
             log.log(
                 logging.DEBUG if quiet else logging.WARNING,
@@ -202,7 +230,7 @@ class SyncScheduler:
     def _log_skipped(self, event: JobEvent) -> None:
         """A run that did not happen, why, and when the next one is. APScheduler's own
         warning shows the time it skipped as the job's "next run at"."""
-        if getattr(event, "job_id", JOB_ID) != JOB_ID:  # the metrics' retry: no run skipped
+        if getattr(event, "job_id", JOB_ID) != JOB_ID:  # a retry's job: no run skipped
             return
         due = (
             getattr(event, "scheduled_run_time", None)
@@ -230,27 +258,32 @@ class SyncScheduler:
 
     # --- the long-running process ----------------------------------------------------------
 
-    def last_started(self) -> datetime | None:
-        """When the database's latest run started: None when there is none, no database (a
-        SQLite file that is not there is not created), or no answer within
-        ``METRICS_READ_WAIT`` seconds (logged). Never raises."""
+    def last_started(self, *, quiet: bool = False) -> tuple[bool, datetime | None]:
+        """Whether the database answered, and when its latest run started (None: no run, or
+        no database: a SQLite file that is not there is not created). No answer within
+        ``METRICS_READ_WAIT`` seconds is logged (at DEBUG when ``quiet``). Never raises."""
         path = sqlite_path(self.settings.database_url)
         if path is not None and not path.exists():
-            return None
+            return True, None
         found: list[datetime | None] = []
+        level = logging.DEBUG if quiet else logging.WARNING
 
         def read() -> None:
             try:
                 engine = make_engine(self.settings.database_url, pool_size=1)
                 try:
                     with engine.connect() as conn:
+                        last = None
                         if inspect(conn).has_table(sync_runs.name):
-                            found.append(conn.scalar(select(func.max(sync_runs.c.started_at))))
+                            last = conn.scalar(select(func.max(sync_runs.c.started_at)))
+                        found.append(last)
                 finally:
                     engine.dispose()
             except Exception as exc:
-                log.warning(
-                    "could not read when the last run started, so no missed run is caught up: %s",
+                log.log(
+                    level,
+                    "could not read when the last run started (a missed run is caught up "
+                    "once it can be read): %s",
                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
                 )
 
@@ -258,13 +291,31 @@ class SyncScheduler:
         reader.start()
         reader.join(METRICS_READ_WAIT)
         if reader.is_alive():
-            log.warning(
-                "the database has not said in %d s when the last run started, so no missed "
-                "run is caught up",
+            log.log(
+                level,
+                "the database has not said in %d s when the last run started (a missed run is "
+                "caught up once it can be read)",
                 METRICS_READ_WAIT,
             )
-            return None
-        return found[0] if found else None
+            return False, None
+        return (True, found[0]) if found else (False, None)
+
+    def _catch_up_later(self) -> None:
+        """Every ``METRICS_RETRY`` seconds after a start at which the database could not say
+        when the last run started: once it can, a missed slot is run at once."""
+        if self._closing.is_set():
+            return
+        known, last = self.last_started(quiet=True)
+        if not known:
+            return
+        with suppress(JobLookupError):
+            self.scheduler.remove_job(CATCH_UP_JOB_ID)
+        if not self._idle.is_set():  # a run is in flight: it is the catch-up
+            return
+        _, first_run, why = self.plan(datetime.now(UTC), last)
+        if why and first_run is not None:
+            log.warning("%s", why)
+            self.scheduler.modify_job(JOB_ID, next_run_time=first_run)
 
     def plan(self, now: datetime, last: datetime | None) -> tuple[Any, datetime | None, str]:
         """The sync's trigger, its first run when that is not the trigger's own, and why,
@@ -276,9 +327,9 @@ class SyncScheduler:
             return self.trigger, None, ""
         if isinstance(self.trigger, IntervalTrigger):
             due = last + self.trigger.interval
-            if due > now:
+            if due > now:  # explicit: a start slower than due - now must not skip it
                 seconds = self.trigger.interval_length
-                return IntervalTrigger(seconds=seconds, start_date=last, timezone=UTC), None, ""
+                return IntervalTrigger(seconds=seconds, start_date=last, timezone=UTC), due, ""
         else:
             due = self.trigger.get_next_fire_time(None, last)
             if due is None or due > now:
@@ -295,12 +346,13 @@ class SyncScheduler:
         ``run_now``: a run at once. ``catch_up``: a run at once only when a slot of the
         schedule passed since the latest run started (``plan``)."""
         options: dict[str, Any] = {}
-        now = datetime.now(UTC)
-        trigger, first_run, why = self.trigger, None, ""
+        trigger, first_run, why, known = self.trigger, None, "", True
         if run_now:
-            first_run = now
+            first_run = datetime.now(UTC)
         elif catch_up:
-            trigger, first_run, why = self.plan(now, self.last_started())
+            known, last = self.last_started()
+            trigger, first_run, why = self.plan(datetime.now(UTC), last)
+        now = datetime.now(UTC)
         if first_run is not None:
             options["next_run_time"] = first_run
         first = first_run or trigger.get_next_fire_time(None, now)
@@ -314,12 +366,12 @@ class SyncScheduler:
             misfire_grace_time=self.grace,
             **options,
         )
-        if self.metrics is not None:
+        if not known:
             self.scheduler.add_job(
-                self._retry_metrics,
+                self._catch_up_later,
                 IntervalTrigger(seconds=METRICS_RETRY, timezone=UTC),
-                id=METRICS_JOB_ID,
-                name="numbers-etl metrics retry",
+                id=CATCH_UP_JOB_ID,
+                name="numbers-etl catch-up check",
                 max_instances=1,
                 coalesce=True,
                 misfire_grace_time=METRICS_RETRY,

@@ -170,6 +170,16 @@ def read_status(
         status.last_run = latest()
         if status.last_run is not None and status.last_run["status"] == "running":
             status.orphaned = vacancy(conn)
+            # A sync finishes its run, then releases the lock: one that ended between the
+            # two reads above is finished, not orphaned.
+            if (
+                status.orphaned is not None
+                and conn.scalar(
+                    select(sync_runs.c.status).where(sync_runs.c.id == status.last_run["id"])
+                )
+                != "running"
+            ):
+                status.orphaned = None
         status.last_finished = latest(sync_runs.c.status != "running")
         status.last_success = latest(sync_runs.c.status == "succeeded")
         if status.last_run is not None:

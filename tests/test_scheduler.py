@@ -448,7 +448,7 @@ def test_without_a_missed_slot_the_schedule_keeps_its_time() -> None:
     # an interval counts from the last run, not from this start: a restart 50 minutes
     # after a run of an hourly schedule runs 10 minutes later, not an hour
     trigger, first, why = _scheduler("1h").plan(NOW, NOW - timedelta(minutes=50))
-    assert (first, why) == (None, "")
+    assert (first, why) == (NOW + timedelta(minutes=10), "")  # explicit: a slow start runs it
     assert trigger.get_next_fire_time(None, NOW) == NOW + timedelta(minutes=10)
     # a last run "in the future" (another host's clock ahead): an interval from this start
     hourly = _scheduler("1h")
@@ -460,12 +460,12 @@ def test_a_scheduler_started_after_a_missed_slot_runs_at_once(
 ) -> None:
     settings = make_settings(simulator, db_url, schedule="1h")
     scheduler = SyncScheduler(settings)
-    assert scheduler.last_started() is None  # no run yet: no catch-up
+    assert scheduler.last_started() == (True, None)  # no run yet: no catch-up
     assert scheduler.run_once() == "succeeded"
     two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
     with engine.begin() as conn:
         conn.execute(update(sync_runs).values(started_at=two_hours_ago))
-    assert scheduler.last_started() == two_hours_ago
+    assert scheduler.last_started() == (True, two_hours_ago)
 
     scheduler = SyncScheduler(settings)
 
@@ -523,3 +523,38 @@ def test_metrics_read_while_the_database_was_down_come_back_without_a_run(
     assert not closer_error, closer_error
     assert metrics.registry.get_sample_value("numbers_etl_last_run_id") == run.id
     assert list(scheduler.outcomes) == []  # no run: the figures came from the retry
+
+
+@pytest.mark.parametrize("empty_db_url", ["postgresql", "mysql"], indirect=True)
+def test_a_missed_slot_is_caught_up_once_a_database_down_at_start_answers(
+    simulator: Simulator, db_url: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a reboot the scheduler may start before the database: the missed run waited
+    for the next slot."""
+    monkeypatch.setattr(scheduler_module, "METRICS_RETRY", 1)
+    monkeypatch.setattr(scheduler_module, "METRICS_READ_WAIT", 5)
+    SyncScheduler(make_settings(simulator, db_url)).run_once()
+    with engine.begin() as conn:
+        conn.execute(update(sync_runs).values(started_at=datetime.now(UTC) - timedelta(hours=2)))
+    with proxy_to(db_url) as (proxy, proxied):
+        proxy.down()
+        scheduler = SyncScheduler(make_settings(simulator, proxied, schedule="1h"))
+        closer_error: list[BaseException] = []
+
+        def up_then_close() -> None:
+            try:
+                wait_for(lambda: scheduler.scheduler.get_job("catch-up"), "the catch-up check")
+                proxy.up()
+                wait_for(lambda: scheduler.outcomes, "the catch-up run")
+            except BaseException as exc:
+                closer_error.append(exc)
+            finally:
+                scheduler.close("test")
+
+        closer = threading.Thread(target=up_then_close)
+        closer.start()
+        scheduler.run_forever()
+        closer.join()
+    assert not closer_error, closer_error
+    assert list(scheduler.outcomes) == ["succeeded"]
+    assert [r.status for r in runs_of(db_url)] == ["succeeded", "succeeded"]

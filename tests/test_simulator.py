@@ -539,7 +539,9 @@ def test_parse_cli(spec: str, expected: tuple[str, dict[str, Any]]) -> None:
     Faults().add(kind, **params)
 
 
-@pytest.mark.parametrize("spec", ["teapot", "429:times", "html:status=500", "429:times=x"])
+@pytest.mark.parametrize(
+    "spec", ["teapot", "429:times", "html:status=500", "429:times=x", "429:status=503"]
+)
 def test_parse_cli_refuses(spec: str) -> None:
     with pytest.raises(ValueError, match="fault"):
         Faults.parse_cli(spec)

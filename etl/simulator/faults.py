@@ -160,7 +160,8 @@ class Faults:
         (a bare status code is a ``status`` fault), ``status:status=503,times=2``,
         ``latency:seconds=0.05``, ``html``, ``disconnect:page=2``."""
         kind, _, rest = spec.strip().partition(":")
-        kind, params = _status_alias(kind.strip().lower().replace("-", "_"), {})
+        given = kind.strip().lower().replace("-", "_")
+        kind, params = _status_alias(given, {})
         if kind not in KINDS:
             raise ValueError(
                 f"fault {spec!r}: unknown kind {kind!r}; expected a status code such as 429 or "
@@ -175,6 +176,11 @@ class Faults:
                 raise ValueError(f"fault {spec!r}: {kind!r} takes no parameter {name!r}")
             try:
                 params[name] = _convert(name, value.strip())
+            except ValueError as exc:
+                raise ValueError(f"fault {spec!r}: {exc}") from None
+        if given != kind:  # 429:status=503 is not a 429
+            try:
+                _status_alias(given, params)
             except ValueError as exc:
                 raise ValueError(f"fault {spec!r}: {exc}") from None
         return kind, params
