@@ -168,16 +168,20 @@ class SyncScheduler:
         if self.metrics.up and job is not None:
             job.remove()
         elif not self.metrics.up and job is None:
-            self.scheduler.add_job(
-                self._retry_metrics,
-                IntervalTrigger(seconds=METRICS_RETRY, timezone=UTC),
-                id=METRICS_JOB_ID,
-                name="numbers-etl metrics retry",
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=METRICS_RETRY,
-                replace_existing=True,
-            )
+            self._add_retry(self._retry_metrics, METRICS_JOB_ID, "numbers-etl metrics retry")
+
+    def _add_retry(self, func: Callable[[], None], job_id: str, name: str) -> None:
+        """A job that calls ``func`` every ``METRICS_RETRY`` seconds until it is removed."""
+        self.scheduler.add_job(
+            func,
+            IntervalTrigger(seconds=METRICS_RETRY, timezone=UTC),
+            id=job_id,
+            name=name,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=METRICS_RETRY,
+            replace_existing=True,
+        )
 
     def _retry_metrics(self) -> None:
         # A run in flight reads them when it ends.
@@ -367,15 +371,7 @@ class SyncScheduler:
             **options,
         )
         if not known:
-            self.scheduler.add_job(
-                self._catch_up_later,
-                IntervalTrigger(seconds=METRICS_RETRY, timezone=UTC),
-                id=CATCH_UP_JOB_ID,
-                name="numbers-etl catch-up check",
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=METRICS_RETRY,
-            )
+            self._add_retry(self._catch_up_later, CATCH_UP_JOB_ID, "numbers-etl catch-up check")
         if why:
             log.warning("%s", why)
         self._record(None, None)

@@ -10,6 +10,7 @@ import logging
 import re
 import signal
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -419,6 +420,29 @@ def test_a_run_skipped_because_the_one_before_still_goes_says_when_the_next_is(
 NOW = datetime(2026, 3, 1, 13, 0, tzinfo=UTC)
 
 
+def run_forever_while(
+    scheduler: SyncScheduler, steps: Callable[[], object], **options: bool
+) -> None:
+    """``scheduler.run_forever(**options)`` while ``steps`` runs in a thread; closed after
+    them, and whatever they raised raised here."""
+    raised: list[BaseException] = []
+
+    def steps_then_close() -> None:
+        try:
+            steps()
+        except BaseException as exc:
+            raised.append(exc)
+        finally:
+            scheduler.close("test")
+
+    closer = threading.Thread(target=steps_then_close)
+    closer.start()
+    scheduler.run_forever(**options)
+    closer.join()
+    if raised:
+        raise raised[0]
+
+
 def _scheduler(schedule: str) -> SyncScheduler:
     return SyncScheduler(Settings(schedule=schedule))
 
@@ -468,18 +492,8 @@ def test_a_scheduler_started_after_a_missed_slot_runs_at_once(
     assert scheduler.last_started() == (True, two_hours_ago)
 
     scheduler = SyncScheduler(settings)
-
-    def close_after_first_run() -> None:
-        try:
-            wait_for(lambda: scheduler.outcomes, "the catch-up run")
-        finally:
-            scheduler.close("test")
-
-    closer = threading.Thread(target=close_after_first_run)
     with caplog.at_level(logging.WARNING, "etl.scheduler"):
-        closer.start()
-        scheduler.run_forever()
-        closer.join()
+        run_forever_while(scheduler, lambda: wait_for(lambda: scheduler.outcomes, "the run"))
     assert list(scheduler.outcomes) == ["succeeded"]
     assert "catching up: the run due at " in caplog.text
     assert [r.status for r in runs_of(db_url)] == ["succeeded", "succeeded"]
@@ -500,27 +514,17 @@ def test_metrics_read_while_the_database_was_down_come_back_without_a_run(
         proxy.down()
         settings = make_settings(simulator, proxied, schedule="1d")
         scheduler = SyncScheduler(settings, metrics=metrics)
-        closer_error: list[BaseException] = []
 
-        def up_then_close() -> None:
-            try:
-                wait_for(
-                    lambda: metrics.registry.get_sample_value("numbers_etl_last_run_id") is None,
-                    "the first read to fail (its figures left out)",
-                )
-                assert _database_up(metrics) == 0
-                proxy.up()
-                wait_for(lambda: _database_up(metrics) == 1, "a read once the database is up")
-            except BaseException as exc:
-                closer_error.append(exc)
-            finally:
-                scheduler.close("test")
+        def up() -> None:
+            wait_for(
+                lambda: metrics.registry.get_sample_value("numbers_etl_last_run_id") is None,
+                "the first read to fail (its figures left out)",
+            )
+            assert _database_up(metrics) == 0
+            proxy.up()
+            wait_for(lambda: _database_up(metrics) == 1, "a read once the database is up")
 
-        closer = threading.Thread(target=up_then_close)
-        closer.start()
-        scheduler.run_forever(catch_up=False)
-        closer.join()
-    assert not closer_error, closer_error
+        run_forever_while(scheduler, up, catch_up=False)
     assert metrics.registry.get_sample_value("numbers_etl_last_run_id") == run.id
     assert list(scheduler.outcomes) == []  # no run: the figures came from the retry
 
@@ -539,22 +543,12 @@ def test_a_missed_slot_is_caught_up_once_a_database_down_at_start_answers(
     with proxy_to(db_url) as (proxy, proxied):
         proxy.down()
         scheduler = SyncScheduler(make_settings(simulator, proxied, schedule="1h"))
-        closer_error: list[BaseException] = []
 
-        def up_then_close() -> None:
-            try:
-                wait_for(lambda: scheduler.scheduler.get_job("catch-up"), "the catch-up check")
-                proxy.up()
-                wait_for(lambda: scheduler.outcomes, "the catch-up run")
-            except BaseException as exc:
-                closer_error.append(exc)
-            finally:
-                scheduler.close("test")
+        def up() -> None:
+            wait_for(lambda: scheduler.scheduler.get_job("catch-up"), "the catch-up check")
+            proxy.up()
+            wait_for(lambda: scheduler.outcomes, "the catch-up run")
 
-        closer = threading.Thread(target=up_then_close)
-        closer.start()
-        scheduler.run_forever()
-        closer.join()
-    assert not closer_error, closer_error
+        run_forever_while(scheduler, up)
     assert list(scheduler.outcomes) == ["succeeded"]
     assert [r.status for r in runs_of(db_url)] == ["succeeded", "succeeded"]
