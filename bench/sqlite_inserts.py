@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 
 from sqlalchemy import create_engine  # noqa: E402
 
-from etl.records import StockItem  # noqa: E402
+from etl.records import StockItem, price_value  # noqa: E402
 from etl.simulator import SyntheticStock  # noqa: E402
 from etl.source.parser import parse_item  # noqa: E402
 from etl.store.engine import make_engine  # noqa: E402
@@ -68,9 +68,14 @@ def bare(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def text_price(amount: int, exponent: int) -> str:
+    """A price as SQLite is given it: its Decimal's text."""
+    return str(price_value(amount, exponent))
+
+
 def flat_row(item: StockItem, at: str) -> tuple[Any, ...]:
     """A row as SQLite takes it: the values the sync binds (a Decimal as its text)."""
-    return (*_new_varying(item, str), at, at, 1, 0)
+    return (*_new_varying(item, text_price), at, at, 1, 0)
 
 
 def run_values(path: Path, pages: list[list[StockItem]], at: str) -> None:
@@ -106,7 +111,7 @@ def run_json(path: Path, pages: list[list[StockItem]], at: str) -> None:
     encode = _ListParam().process_bind_param
     dialect = sqlite3_dialect()
     for page in pages:
-        rows = encode([_new_varying(item, str) for item in page], dialect)
+        rows = encode([_new_varying(item, text_price) for item in page], dialect)
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(sql, (at, at, 1, rows)).fetchall()
         conn.execute("COMMIT")

@@ -33,6 +33,11 @@ ID_CHARS = 64
 NUMBER_TYPES = ("local", "national", "mobile", "toll-free")
 
 
+def price_value(amount: int, exponent: int) -> Decimal:
+    """``amount`` x 10 ** ``exponent``, exactly."""
+    return Decimal(amount).scaleb(exponent)
+
+
 # Price and StockItem are made for every item of every page: as frozen dataclasses their
 # construction was a quarter of the parser's time (frozen __init__ sets each field through
 # object.__setattr__). They are treated as immutable all the same and stay hashable.
@@ -46,7 +51,7 @@ class Price:
 
     @property
     def value(self) -> Decimal:
-        return Decimal(self.amount).scaleb(self.exponent)
+        return price_value(self.amount, self.exponent)
 
     def __str__(self) -> str:
         """``0.000000000001 EUR``, ``1.50 EUR``: plain digits, never ``1E-12``."""
