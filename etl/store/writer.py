@@ -348,7 +348,7 @@ class _RowsInsert:
         returned: list[Any] = []
         for start in range(0, len(rows), size):
             chunk = rows[start : start + size]
-            # flattened in C (each row + the shared values): a generator cost a page ~50 us
+            # each row + the shared values, flattened in C rather than by a generator
             values = tuple(chain.from_iterable(map(operator.add, chunk, repeat(shared))))
             result = conn.exec_driver_sql(self.values_sql(len(chunk)), values)
             if self.returning:
