@@ -217,12 +217,7 @@ class SyncScheduler:
 
             reader = self._reader = threading.Thread(target=read, name="metrics-read", daemon=True)
             reader.start()
-        deadline = time.monotonic() + METRICS_READ_WAIT
-        while reader.is_alive() and time.monotonic() < deadline:
-            reader.join(1)
-            if quiet and self._closing.is_set():  # a retry does not hold up a stop
-                break
-        if reader.is_alive():
+        if not self._waited(reader, quiet=quiet):
             log.log(
                 logging.DEBUG if quiet else logging.WARNING,
                 "metrics: the database has not answered in %d s; the schedule goes on, "
@@ -230,6 +225,17 @@ class SyncScheduler:
                 METRICS_READ_WAIT,
             )
             metrics.database_unanswered()
+
+    def _waited(self, reader: threading.Thread, *, quiet: bool) -> bool:
+        """Whether a read's thread ended within ``METRICS_READ_WAIT`` seconds. A ``quiet``
+        read (a retry's job) stops waiting once the scheduler is closing: a job still in
+        its executor holds up the process's exit."""
+        deadline = time.monotonic() + METRICS_READ_WAIT
+        while reader.is_alive() and (left := deadline - time.monotonic()) > 0:
+            reader.join(min(1.0, left))
+            if quiet and self._closing.is_set():
+                break
+        return not reader.is_alive()
 
     def _log_skipped(self, event: JobEvent) -> None:
         """A run that did not happen, why, and when the next one is. APScheduler's own
@@ -293,8 +299,7 @@ class SyncScheduler:
 
         reader = threading.Thread(target=read, name="last-run-read", daemon=True)
         reader.start()
-        reader.join(METRICS_READ_WAIT)
-        if reader.is_alive():
+        if not self._waited(reader, quiet=quiet):
             log.log(
                 level,
                 "the database has not said in %d s when the last run started (a missed run is "

@@ -529,6 +529,29 @@ def test_metrics_read_while_the_database_was_down_come_back_without_a_run(
     assert list(scheduler.outcomes) == []  # no run: the figures came from the retry
 
 
+@pytest.mark.parametrize("job", ["_catch_up_later", "_retry_metrics"])
+@pytest.mark.parametrize("empty_db_url", ["postgresql", "mysql"], indirect=True)
+def test_a_retry_waiting_on_a_database_that_does_not_answer_does_not_hold_up_a_stop(
+    simulator: Simulator, db_url: str, monkeypatch: pytest.MonkeyPatch, job: str
+) -> None:
+    """The every-minute jobs (the catch-up check, the metrics' retry) wait on the database
+    for up to METRICS_READ_WAIT seconds; a stop must not wait with them: APScheduler's
+    executor keeps the process until its jobs return. The catch-up check waited it out."""
+    monkeypatch.setattr(scheduler_module, "METRICS_READ_WAIT", 60)
+    with proxy_to(db_url) as (proxy, proxied):
+        proxy.frozen.set()  # connections accepted, nothing answered
+        scheduler = SyncScheduler(make_settings(simulator, proxied), metrics=Metrics())
+        retry = threading.Thread(target=getattr(scheduler, job), daemon=True)
+        retry.start()
+        reading = ("last-run-read", "metrics-read")
+        wait_for(lambda: any(t.name in reading for t in threading.enumerate()), "the job's read")
+        scheduler.close()
+        retry.join(10)  # the driver's own connect timeout is 15 s, the wait 60 s
+        stopped = not retry.is_alive()
+        proxy.frozen.clear()
+    assert stopped
+
+
 @pytest.mark.parametrize("empty_db_url", ["postgresql", "mysql"], indirect=True)
 def test_a_missed_slot_is_caught_up_once_a_database_down_at_start_answers(
     simulator: Simulator, db_url: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
