@@ -530,6 +530,43 @@ def test_a_page_longer_than_one_statement_can_carry_is_written_whole(engine: Eng
     assert listed == [(i.number, "listed") for i in page_items]
 
 
+def test_new_numbers_get_their_own_ids_once_sqlite_numbers_rows_at_random(
+    engine: Engine,
+) -> None:
+    """SQLite numbers a new row the largest rowid + 1, and the sync reads a page's new ids
+    back by that range. Once a row holds the largest rowid there is (2**63 - 1), SQLite
+    picks free rowids at random: each new number must still get its own id, and its
+    `listed` event that id."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite only: the other databases' ids are not rowids")
+    last = item("+4930555000", "DE")
+    with engine.begin() as conn:
+        conn.execute(
+            numbers.insert(),
+            {
+                "id": 2**63 - 1,
+                "number": last.number,
+                **attribute_values(last),
+                **price_values(last.price),
+                "first_seen_at": T0,
+                "last_seen_at": T0,
+                "missed_runs": 0,
+            },
+        )
+    page_items = [item(f"+3120{n:07d}") for n in range(150)]
+    result = run(engine, cfg(), {"NL": page("NL", T0, page_items)})
+    assert result.total("listed") == 150
+    with engine.connect() as conn:
+        listed = conn.execute(
+            select(numbers.c.number, number_events.c.event)
+            .join(number_events, number_events.c.number_id == numbers.c.id)
+            .order_by(numbers.c.number)
+        ).all()
+        ids = conn.execute(select(numbers.c.id).where(numbers.c.country_code == "NL")).scalars()
+        assert len(set(ids)) == 150
+    assert listed == [(i.number, "listed") for i in page_items]
+
+
 def test_a_changed_event_names_its_fields_alike_on_every_database(engine: Engine) -> None:
     """The `changed` event's detail shows booleans as true/false and text as it is, however
     the database returns them (SQLite's driver gives 0 and 1)."""

@@ -178,8 +178,7 @@ class _PageStatements:
     seen_read_driver: _DriverSQL | None
     count_page_driver: _DriverSQL | None
     # A page's new numbers (returning their ids) and its events, each in one INSERT of rows
-    # bound at once (see _RowsInsert), where the database can: PostgreSQL, and SQLite (new
-    # numbers only from 3.35, which has RETURNING).
+    # bound at once (see _RowsInsert), where the database can: PostgreSQL and SQLite.
     new_numbers: _RowsInsert | None
     events: _RowsInsert | None
 
@@ -187,18 +186,14 @@ class _PageStatements:
 def _statements(dialect: Dialect) -> _PageStatements:
     """The page statements for ``dialect`` (the one of an engine: it knows the server's
     version, and with it whether UPDATE ... RETURNING exists: SQLite 3.35+, PostgreSQL)."""
-    return _statements_for(
-        dialect.name, dialect.driver, dialect.update_returning, dialect.insert_returning
-    )
+    return _statements_for(dialect.name, dialect.driver, dialect.update_returning)
 
 
 # Keyed by what the statements depend on, not by the dialect: every run's engine has a
 # dialect of its own, and a cache keyed by them kept every one alive (a scheduler's memory
 # grew by about 0.2 MB a run).
 @functools.cache
-def _statements_for(
-    name: str, driver: str, update_returning: bool, insert_returning: bool
-) -> _PageStatements:
+def _statements_for(name: str, driver: str, update_returning: bool) -> _PageStatements:
     seen_run = bindparam("seen_run_id", type_=Integer())
     seen_values = {
         # last_seen_at never goes backwards, whatever the clock does
@@ -235,9 +230,7 @@ def _statements_for(
         if driver_dialect is not None and seen_read is not None
         else None,
         count_page_driver=_DriverSQL(_COUNT_PAGE, driver_dialect) if driver_dialect else None,
-        new_numbers=_numbers_from_rows(name)
-        if name == "postgresql" or (name == "sqlite" and insert_returning)
-        else None,
+        new_numbers=_numbers_from_rows(name) if name in ("postgresql", "sqlite") else None,
         events=_events_from_rows(name) if name in ("postgresql", "sqlite") else None,
     )
 
@@ -277,12 +270,15 @@ class _RowsInsert:
     - SQLite: a multi-row ``VALUES`` of plain values, run as the driver's own SQL. Taking
       the values out of one JSON text (``json_each``), as before, cost SQLite more than a
       third of the insert; SQLAlchemy's own multi-row insert processes every value in
-      Python (``bench/sqlite_inserts.py`` measures the forms).
+      Python (``bench/sqlite_inserts.py`` measures the forms). The ``returning`` rows are
+      read back by rowid (``_read_back``), not by ``RETURNING``, which SQLite runs as a
+      trigger on every row: about a tenth of the numbers' insert.
 
     For a first sync's 99 new numbers and 99 events a page, these are the two costliest
     statements of a page on either database. ``varying``: the columns whose values each
     row brings, in row order; ``constant``: the columns that every row of the page shares,
-    with one value each."""
+    with one value each; ``returning``: the columns returned for each row (on SQLite, a
+    unique column of ``varying``, then ``id``)."""
 
     def __init__(
         self,
@@ -315,6 +311,11 @@ class _RowsInsert:
         # SQLite: each constant's value as SQLAlchemy binds it there
         self.processors = tuple(_binding(table.c[c].type, _SQLITE) for c in constant)
         self.values_sql = functools.lru_cache(maxsize=4)(self._values_sql)
+        if returning:  # SQLite's read back of the rows inserted (_read_back)
+            assert returning[1:] == ("id",), returning
+            self.key_index = varying.index(returning[0])
+            self.range_sql = f"{self._returned_sql()} WHERE id BETWEEN ? AND ?"
+            self.keyed_sql = functools.lru_cache(maxsize=4)(self._keyed_sql)
         # a listing has a few hundred distinct prices at most: each made once, not per row
         self.money = functools.lru_cache(maxsize=4096)(self._money)
 
@@ -352,18 +353,36 @@ class _RowsInsert:
             values = tuple(chain.from_iterable(map(operator.add, chunk, repeat(shared))))
             result = conn.exec_driver_sql(self.values_sql(len(chunk)), values)
             if self.returning:
-                returned.extend(result.all())
+                returned.extend(self._read_back(conn, chunk, result.lastrowid))
         return returned
+
+    def _read_back(self, conn: Connection, chunk: Sequence[tuple[Any, ...]], last: int) -> Any:
+        """SQLite: the ``returning`` rows of the ``chunk`` just inserted, whose last row got
+        the rowid ``last``. SQLite numbers a new row the largest rowid + 1, so the chunk's
+        rows are the ``len(chunk)`` rowids up to ``last``; no other writer comes between
+        while this transaction is open. Once the largest rowid is 2**63 - 1, SQLite picks
+        unused ones at random instead: then the rows are found by their key."""
+        rows = conn.exec_driver_sql(self.range_sql, (last - len(chunk) + 1, last)).all()
+        keys = [row[self.key_index] for row in chunk]
+        if len(rows) == len(chunk) and {row[0] for row in rows} == set(keys):
+            return rows
+        return conn.exec_driver_sql(self.keyed_sql(len(keys)), tuple(keys)).all()
 
     def _values_sql(self, count: int) -> str:
         quote = _SQLITE.identifier_preparer.quote
         names = ", ".join(quote(c) for c in (*self.varying, *self.constant))
         row = "(" + ", ".join("?" * (len(self.varying) + len(self.constant))) + ")"
-        returning = ", ".join(quote(c) for c in self.returning)
         table = _SQLITE.identifier_preparer.format_table(self.table)
-        return f"INSERT INTO {table} ({names}) VALUES {', '.join([row] * count)}" + (
-            f" RETURNING {returning}" if returning else ""
-        )
+        return f"INSERT INTO {table} ({names}) VALUES {', '.join([row] * count)}"
+
+    def _returned_sql(self) -> str:
+        quote = _SQLITE.identifier_preparer.quote
+        columns = ", ".join(quote(c) for c in self.returning)
+        return f"SELECT {columns} FROM {_SQLITE.identifier_preparer.format_table(self.table)}"
+
+    def _keyed_sql(self, count: int) -> str:
+        key = _SQLITE.identifier_preparer.quote(self.returning[0])
+        return f"{self._returned_sql()} WHERE {key} IN ({', '.join('?' * count)})"
 
 
 def _json_cast(column: Column[Any]) -> TypeEngine[Any]:
