@@ -760,7 +760,9 @@ def close_scope(
         else RemovalDecision(False, None)
     )
     removed = 0
-    if decision.proceed:
+    # With no miss, every number of the scope was seen, and seeing a number sets its misses
+    # to 0: there is nothing to count or remove, and three scans of the scope are saved.
+    if decision.proceed and missed_count:
         removed = _remove_missed(conn, run_id, in_scope, missed, completed_at, confirmations)
     elif decision.reason:
         # Held: the listing was complete, so its misses count (the first of them dates a
