@@ -269,6 +269,17 @@ def _normal_type(value: str) -> str | None:
     return normal if TYPE_RE.fullmatch(normal) else None
 
 
+@functools.lru_cache(maxsize=1024)
+def _usual_type(country: str, currency: str, kind: str) -> str | None:
+    """``kind`` as stored (``_normal_type``) when ``country`` and ``currency`` are known
+    codes, else None. A listing has a handful of each: one cached call per item, not five."""
+    if len(country) != 2 or not is_country(country):
+        return None
+    if len(currency) != 3 or not is_currency(currency):
+        return None
+    return _normal_type(kind)
+
+
 def _fast(raw: Any) -> StockItem | None:
     """The usual, valid item in one pass with no messages: the same StockItem ``_parse``
     returns, or None for anything else (then ``_parse`` finds and names every problem).
@@ -350,16 +361,12 @@ def _checked(
         or len(stock_item_id) > MAX_ID
         or not stock_item_id.strip()
         or not PRINTABLE_RE.fullmatch(stock_item_id)
-        or len(country) != 2
-        or not is_country(country)
-        or len(currency) != 3
-        or not is_currency(currency)
         or not MIN_EXPONENT <= exponent <= MAX_EXPONENT
         or not 0 <= amount < MAX_AMOUNT
         or amount >= _PRICE_LIMITS[exponent]
     ):
         return None
-    number_type = _normal_type(kind)
+    number_type = _usual_type(country, currency, kind)
     if number_type is None:
         return None
     if stock_id == "":
