@@ -8,8 +8,9 @@ transaction per page, on a fresh file for each form:
 - bare ``sqlite3``: an ``executemany`` per page (no ids back);
 - bare ``sqlite3``: one ``INSERT ... SELECT`` from a JSON list of rows (``json_each``),
   returning the ids;
-- the sync's own insert for it (``_RowsInsert``: the multi-row ``VALUES`` form, through
-  SQLAlchemy's connection as the driver's own SQL).
+- the sync's own insert for it (``_RowsInsert.numbered``: the multi-row ``VALUES`` form,
+  through SQLAlchemy's connection as the driver's own SQL, without ``RETURNING``: the ids
+  are known as the range of rowids after the largest before, read first).
 
 The sync used the JSON form until 27 November; bench/RESULTS.md quotes these figures for
 what handing the driver flat rows instead saved.
@@ -121,13 +122,13 @@ def run_json(path: Path, pages: list[list[StockItem]], at: str) -> None:
 def run_sync_statement(path: Path, pages: list[list[StockItem]], at: str) -> None:
     engine = make_engine(f"sqlite:///{path}")
     insert = _statements(engine.dialect).new_numbers
-    assert insert is not None, "this SQLite has no RETURNING (3.35+)"
+    assert insert is not None
     moment = datetime.fromisoformat(at).replace(tzinfo=UTC)
     with engine.connect() as conn:
         for page in pages:
             with conn.begin():
                 rows = [_new_varying(item, insert.money) for item in page]
-                insert.execute(conn, rows, (moment, moment, 1, 0))
+                assert insert.numbered(conn, rows, (moment, moment, 1, 0)) is not None
     engine.dispose()
 
 
@@ -139,7 +140,10 @@ FORMS: Sequence[tuple[str, Callable[[Path, list[list[StockItem]], str], None]]] 
     ("bare sqlite3: multi-row VALUES ... RETURNING", run_values),
     ("bare sqlite3: executemany (no ids back)", run_executemany),
     ("bare sqlite3: INSERT ... SELECT from json_each ... RETURNING", run_json),
-    ("the sync's insert (multi-row VALUES through SQLAlchemy's connection)", run_sync_statement),
+    (
+        "the sync's insert (multi-row VALUES through SQLAlchemy's connection, ids as a range)",
+        run_sync_statement,
+    ),
 )
 
 

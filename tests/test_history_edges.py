@@ -533,10 +533,10 @@ def test_a_page_longer_than_one_statement_can_carry_is_written_whole(engine: Eng
 def test_new_numbers_get_their_own_ids_once_sqlite_numbers_rows_at_random(
     engine: Engine,
 ) -> None:
-    """SQLite numbers a new row the largest rowid + 1, and the sync reads a page's new ids
-    back by that range. Once a row holds the largest rowid there is (2**63 - 1), SQLite
-    picks free rowids at random: each new number must still get its own id, and its
-    `listed` event that id."""
+    """SQLite numbers a new row the largest rowid + 1, and the sync makes a page's `listed`
+    events from the range of rowids its new numbers got. Once a row holds the largest rowid
+    there is (2**63 - 1), SQLite picks free rowids at random: each new number must still
+    get its own id, and its `listed` event that id."""
     if engine.dialect.name != "sqlite":
         pytest.skip("SQLite only: the other databases' ids are not rowids")
     last = item("+4930555000", "DE")

@@ -121,7 +121,7 @@ class _DriverSQL:
     (SQLite's booleans as 0 and 1, its timestamps as text; PostgreSQL's timestamps in the
     session's zone), and ``typed`` gives one the types SQLAlchemy would have."""
 
-    def __init__(self, statement: Update, dialect: Dialect) -> None:
+    def __init__(self, statement: Update | Insert, dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
         self.sql = compiled.string
         self.compiled = compiled
@@ -181,6 +181,8 @@ class _PageStatements:
     # bound at once (see _RowsInsert), where the database can: PostgreSQL and SQLite.
     new_numbers: _RowsInsert | None
     events: _RowsInsert | None
+    # SQLite: the `listed` events of new numbers known by their rowids (_RowsInsert.numbered)
+    listed: _DriverSQL | None
 
 
 def _statements(dialect: Dialect) -> _PageStatements:
@@ -232,6 +234,7 @@ def _statements_for(name: str, driver: str, update_returning: bool) -> _PageStat
         count_page_driver=_DriverSQL(_COUNT_PAGE, driver_dialect) if driver_dialect else None,
         new_numbers=_numbers_from_rows(name) if name in ("postgresql", "sqlite") else None,
         events=_events_from_rows(name) if name in ("postgresql", "sqlite") else None,
+        listed=_DriverSQL(_LISTED, _SQLITE) if name == "sqlite" else None,
     )
 
 
@@ -270,15 +273,14 @@ class _RowsInsert:
     - SQLite: a multi-row ``VALUES`` of plain values, run as the driver's own SQL. Taking
       the values out of one JSON text (``json_each``), as before, cost SQLite more than a
       third of the insert; SQLAlchemy's own multi-row insert processes every value in
-      Python (``bench/sqlite_inserts.py`` measures the forms). The ``returning`` rows are
-      read back by rowid (``_read_back``), not by ``RETURNING``, which SQLite runs as a
-      trigger on every row: about a tenth of the numbers' insert.
+      Python (``bench/sqlite_inserts.py`` measures the forms). Nothing is returned: the
+      caller learns which rowids the rows got (``numbered``), without ``RETURNING``, which
+      SQLite runs as a trigger on every row (about a tenth of the numbers' insert).
 
     For a first sync's 99 new numbers and 99 events a page, these are the two costliest
     statements of a page on either database. ``varying``: the columns whose values each
     row brings, in row order; ``constant``: the columns that every row of the page shares,
-    with one value each; ``returning``: the columns returned for each row (on SQLite, a
-    unique column of ``varying``, then ``id``)."""
+    with one value each; ``returning``: the columns returned for each row (PostgreSQL)."""
 
     def __init__(
         self,
@@ -311,11 +313,7 @@ class _RowsInsert:
         # SQLite: each constant's value as SQLAlchemy binds it there
         self.processors = tuple(_binding(table.c[c].type, _SQLITE) for c in constant)
         self.values_sql = functools.lru_cache(maxsize=4)(self._values_sql)
-        if returning:  # SQLite's read back of the rows inserted (_read_back)
-            assert returning[1:] == ("id",), returning
-            self.key_index = varying.index(returning[0])
-            self.range_sql = f"{self._returned_sql()} WHERE id BETWEEN ? AND ?"
-            self.keyed_sql = functools.lru_cache(maxsize=4)(self._keyed_sql)
+        self.max_id_sql = f"SELECT max(id) FROM {_SQLITE.identifier_preparer.format_table(table)}"
         # a listing has a few hundred distinct prices at most: each made once, not per row
         self.money = functools.lru_cache(maxsize=4096)(self._money)
 
@@ -330,12 +328,35 @@ class _RowsInsert:
         self, conn: Connection, rows: Sequence[tuple[Any, ...]], constants: Sequence[Any]
     ) -> list[Any]:
         """Insert ``rows`` (tuples in ``varying`` order), each with the ``constants`` (in
-        ``constant`` order); return the rows of ``returning``."""
+        ``constant`` order); return the rows of ``returning`` (PostgreSQL; SQLite: [])."""
         if self.statement is not None:
             params: dict[str, Any] = {"rows": rows}
             params.update((f"c_{c}", v) for c, v in zip(self.constant, constants, strict=True))
             result = conn.execute(self.statement, params)
             return list(result.all()) if self.returning else []
+        self._insert(conn, rows, constants)
+        return []
+
+    def numbered(
+        self, conn: Connection, rows: Sequence[tuple[Any, ...]], constants: Sequence[Any]
+    ) -> tuple[int, int] | None:
+        """SQLite: insert ``rows`` as ``execute`` does, and return the rowids ``(first,
+        last)`` when the rows inserted are exactly the rows numbered ``first`` to ``last``;
+        None when that cannot be told (then find them by a unique column).
+
+        SQLite numbers a new row the largest rowid in the table + 1 ("the usual algorithm"
+        of its documentation), and the page's transaction holds the write lock, so nobody
+        else inserts meanwhile: when the last row got the largest rowid before the insert +
+        ``len(rows)``, the rows are that range. Once a row holds the largest rowid there is
+        (2**63 - 1), SQLite picks free rowids at random instead: then this returns None."""
+        before = conn.exec_driver_sql(self.max_id_sql).scalar() or 0
+        last = self._insert(conn, rows, constants)
+        return (before + 1, last) if last == before + len(rows) else None
+
+    def _insert(
+        self, conn: Connection, rows: Sequence[tuple[Any, ...]], constants: Sequence[Any]
+    ) -> int:
+        """SQLite: insert ``rows``; the rowid of the last one inserted."""
         shared = tuple(
             value if process is None else process(value)
             for process, value in zip(self.processors, constants, strict=True)
@@ -346,27 +367,13 @@ class _RowsInsert:
         assert isinstance(driver, sqlite3.Connection)
         most = driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         size = max(1, most // (len(self.varying) + len(self.constant)))
-        returned: list[Any] = []
+        last = 0
         for start in range(0, len(rows), size):
             chunk = rows[start : start + size]
             # each row + the shared values, flattened in C rather than by a generator
             values = tuple(chain.from_iterable(map(operator.add, chunk, repeat(shared))))
-            result = conn.exec_driver_sql(self.values_sql(len(chunk)), values)
-            if self.returning:
-                returned.extend(self._read_back(conn, chunk, result.lastrowid))
-        return returned
-
-    def _read_back(self, conn: Connection, chunk: Sequence[tuple[Any, ...]], last: int) -> Any:
-        """SQLite: the ``returning`` rows of the ``chunk`` just inserted, whose last row got
-        the rowid ``last``. SQLite numbers a new row the largest rowid + 1, so the chunk's
-        rows are the ``len(chunk)`` rowids up to ``last``; no other writer comes between
-        while this transaction is open. Once the largest rowid is 2**63 - 1, SQLite picks
-        unused ones at random instead: then the rows are found by their key."""
-        rows = conn.exec_driver_sql(self.range_sql, (last - len(chunk) + 1, last)).all()
-        keys = [row[self.key_index] for row in chunk]
-        if len(rows) == len(chunk) and {row[0] for row in rows} == set(keys):
-            return rows
-        return conn.exec_driver_sql(self.keyed_sql(len(keys)), tuple(keys)).all()
+            last = conn.exec_driver_sql(self.values_sql(len(chunk)), values).lastrowid
+        return last
 
     def _values_sql(self, count: int) -> str:
         quote = _SQLITE.identifier_preparer.quote
@@ -374,15 +381,6 @@ class _RowsInsert:
         row = "(" + ", ".join("?" * (len(self.varying) + len(self.constant))) + ")"
         table = _SQLITE.identifier_preparer.format_table(self.table)
         return f"INSERT INTO {table} ({names}) VALUES {', '.join([row] * count)}"
-
-    def _returned_sql(self) -> str:
-        quote = _SQLITE.identifier_preparer.quote
-        columns = ", ".join(quote(c) for c in self.returning)
-        return f"SELECT {columns} FROM {_SQLITE.identifier_preparer.format_table(self.table)}"
-
-    def _keyed_sql(self, count: int) -> str:
-        key = _SQLITE.identifier_preparer.quote(self.returning[0])
-        return f"{self._returned_sql()} WHERE {key} IN ({', '.join('?' * count)})"
 
 
 def _json_cast(column: Column[Any]) -> TypeEngine[Any]:
@@ -455,6 +453,16 @@ _COUNT_PAGE = (
 _INSERT_NUMBERS = insert(numbers)
 _INSERT_EVENTS = insert(number_events)
 _INSERT_PRICE_CHANGES = insert(price_changes)
+# A `listed` event for each number of a range of ids: new numbers, inserted just before
+_LISTED = insert(number_events).from_select(
+    ["number_id", "run_id", "occurred_at", "event"],
+    select(
+        numbers.c.id,
+        bindparam("l_run_id", type_=Integer()),
+        bindparam("l_at", type_=UTCDateTime()),
+        literal("listed", String()),
+    ).where(numbers.c.id.between(bindparam("l_first"), bindparam("l_last"))),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -523,7 +531,7 @@ def apply_page(conn: Connection, *, run_id: int, scope_row_id: int, page: Page) 
     statements = _statements(conn.dialect)
     marked = statements.seen_read is not None  # the stored numbers are marked seen as read
     changes = page_changes(conn, page, (at, run_id) if marked else None, to_write=True)
-    ids = _insert_new(conn, changes, run_id, at)
+    ids, new_rows = _insert_new(conn, changes, run_id, at)
     if changes.seen_ids and not marked:
         conn.execute(
             statements.seen,
@@ -553,7 +561,7 @@ def apply_page(conn: Connection, *, run_id: int, scope_row_id: int, page: Page) 
     for stored in (*(s for s, _ in changes.updated), *changes.relisted):
         ids[stored.number] = stored.id
     if changes.events:  # every event's number is new (ids) or updated
-        _insert_events(conn, changes.events, ids, run_id, at)
+        _insert_events(conn, changes.events, ids, run_id, at, new_rows)
     if changes.price_changes:
         conn.execute(
             _INSERT_PRICE_CHANGES,
@@ -599,15 +607,24 @@ def apply_page(conn: Connection, *, run_id: int, scope_row_id: int, page: Page) 
 
 def _insert_new(
     conn: Connection, changes: PageChanges, run_id: int, at: datetime
-) -> dict[str, int]:
-    """Insert the page's new numbers; return their ids by number."""
+) -> tuple[dict[str, int], tuple[int, int] | None]:
+    """Insert the page's new numbers; return their ids by number, or, on SQLite, the range
+    of ids that holds exactly them (``_RowsInsert.numbered``), without reading them."""
     if not changes.new:
-        return {}
+        return {}, None
     dialect = conn.dialect
-    from_rows = _statements(dialect).new_numbers
+    statements = _statements(dialect)
+    from_rows = statements.new_numbers
     if from_rows is not None:
         new = [_new_varying(item, from_rows.money) for item in changes.new]
-        return dict(from_rows.execute(conn, new, (at, at, run_id, 0)))
+        constants = (at, at, run_id, 0)
+        if from_rows.statement is not None:  # PostgreSQL: RETURNING
+            return dict(from_rows.execute(conn, new, constants)), None
+        numbered = from_rows.numbered(conn, new, constants)
+        if numbered is not None:
+            return {}, numbered
+        ids = conn.execute(statements.ids, {"new_numbers": [i.number for i in changes.new]})
+        return dict(ids.all()), None
     rows = [
         {
             "number": item.number,
@@ -623,13 +640,29 @@ def _insert_new(
         for item in changes.new
     ]
     conn.execute(_INSERT_NUMBERS, rows)
-    ids = conn.execute(_statements(dialect).ids, {"new_numbers": [i.number for i in changes.new]})
-    return dict(ids.all())
+    ids = conn.execute(statements.ids, {"new_numbers": [i.number for i in changes.new]})
+    return dict(ids.all()), None
 
 
 def _insert_events(
-    conn: Connection, events: Sequence[Event], ids: dict[str, int], run_id: int, at: datetime
+    conn: Connection,
+    events: Sequence[Event],
+    ids: dict[str, int],
+    run_id: int,
+    at: datetime,
+    new_rows: tuple[int, int] | None = None,
 ) -> None:
+    """Insert the page's events. ``new_rows``: the ids of exactly the page's new numbers
+    (SQLite), whose `listed` events are made from those rows; ``ids`` has the others."""
+    if new_rows is not None:
+        listed = _statements(conn.dialect).listed
+        assert listed is not None
+        first, last = new_rows
+        listed.execute(conn, {"l_run_id": run_id, "l_at": at, "l_first": first, "l_last": last})
+        # a page's `listed` events are those of its new numbers, one each (diff_page)
+        events = [e for e in events if e.event != "listed"]
+        if not events:
+            return
     late = [e for e in events if e.not_before is not None and e.not_before > at]
     if late:  # the clock went back since the removal a relisting ends: dated at the removal
         conn.execute(
