@@ -69,6 +69,17 @@ def events_of(engine: Engine, number: str) -> list[tuple[str, datetime]]:
         return [(r.event, r.occurred_at) for r in rows]
 
 
+def numbers_and_events(engine: Engine) -> list[tuple[str, str]]:
+    """Each event with its number's number, by number."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(numbers.c.number, number_events.c.event)
+            .join(number_events, number_events.c.number_id == numbers.c.id)
+            .order_by(numbers.c.number)
+        )
+        return [(r.number, r.event) for r in rows]
+
+
 def test_removed_number_back_as_a_rejected_item_is_relisted(engine: Engine) -> None:
     """A rejected item's number counts as seen; a removed number seen again is relisted,
     keeping the price and attributes it had (the item carried none that could be used)."""
@@ -521,13 +532,7 @@ def test_a_page_longer_than_one_statement_can_carry_is_written_whole(engine: Eng
     page_items = [item(f"+3120{n:07d}") for n in range(1500)]
     result = run(engine, cfg(), {"NL": page("NL", T0, page_items)})
     assert result.total("listed") == 1500
-    with engine.connect() as conn:
-        listed = conn.execute(
-            select(numbers.c.number, number_events.c.event)
-            .join(number_events, number_events.c.number_id == numbers.c.id)
-            .order_by(numbers.c.number)
-        ).all()
-    assert listed == [(i.number, "listed") for i in page_items]
+    assert numbers_and_events(engine) == [(i.number, "listed") for i in page_items]
 
 
 def test_new_numbers_get_their_own_ids_once_sqlite_numbers_rows_at_random(
@@ -556,15 +561,10 @@ def test_new_numbers_get_their_own_ids_once_sqlite_numbers_rows_at_random(
     page_items = [item(f"+3120{n:07d}") for n in range(150)]
     result = run(engine, cfg(), {"NL": page("NL", T0, page_items)})
     assert result.total("listed") == 150
+    assert numbers_and_events(engine) == [(i.number, "listed") for i in page_items]
     with engine.connect() as conn:
-        listed = conn.execute(
-            select(numbers.c.number, number_events.c.event)
-            .join(number_events, number_events.c.number_id == numbers.c.id)
-            .order_by(numbers.c.number)
-        ).all()
         ids = conn.execute(select(numbers.c.id).where(numbers.c.country_code == "NL")).scalars()
         assert len(set(ids)) == 150
-    assert listed == [(i.number, "listed") for i in page_items]
 
 
 def test_a_changed_event_names_its_fields_alike_on_every_database(engine: Engine) -> None:
