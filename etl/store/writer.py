@@ -560,7 +560,7 @@ def apply_page(conn: Connection, *, run_id: int, scope_row_id: int, page: Page) 
         )
     for stored in (*(s for s, _ in changes.updated), *changes.relisted):
         ids[stored.number] = stored.id
-    if changes.events:  # every event's number is new (ids) or updated
+    if changes.events:  # every event's number is new (ids, or new_rows) or updated
         _insert_events(conn, changes.events, ids, run_id, at, new_rows)
     if changes.price_changes:
         conn.execute(
@@ -793,10 +793,11 @@ def close_scope(
         else RemovalDecision(False, None)
     )
     removed = 0
-    # With no miss, every number of the scope was seen, and seeing a number sets its misses
-    # to 0: there is nothing to count or remove, and three scans of the scope are saved.
-    if decision.proceed and missed_count:
-        removed = _remove_missed(conn, run_id, in_scope, missed, completed_at, confirmations)
+    if decision.proceed:
+        # With no miss, every number of the scope was seen, and seeing a number sets its
+        # misses to 0: there is nothing to count or remove, and three scans are saved.
+        if missed_count:
+            removed = _remove_missed(conn, run_id, in_scope, missed, completed_at, confirmations)
     elif decision.reason:
         # Held: the listing was complete, so its misses count (the first of them dates a
         # later removal), but nothing is removed until it recovers or is accepted.
