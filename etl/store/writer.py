@@ -396,7 +396,9 @@ def _json_cast(column: Column[Any]) -> TypeEngine[Any]:
 
 def _numbers_from_rows(dialect: str) -> _RowsInsert:
     constant = ("first_seen_at", "last_seen_at", "last_seen_run_id", "missed_runs")
-    return _RowsInsert(dialect, numbers, _NEW_VARYING, constant, ("number", "id"))
+    # SQLite: the ids come as a range (_RowsInsert.numbered), not returned
+    returning = ("number", "id") if dialect == "postgresql" else ()
+    return _RowsInsert(dialect, numbers, _NEW_VARYING, constant, returning)
 
 
 def _events_from_rows(dialect: str) -> _RowsInsert:
@@ -623,8 +625,14 @@ def _insert_new(
         numbered = from_rows.numbered(conn, new, constants)
         if numbered is not None:
             return {}, numbered
-        ids = conn.execute(statements.ids, {"new_numbers": [i.number for i in changes.new]})
-        return dict(ids.all()), None
+    else:
+        _insert_numbers(conn, changes, run_id, at)
+    ids = conn.execute(statements.ids, {"new_numbers": [i.number for i in changes.new]})
+    return dict(ids.all()), None
+
+
+def _insert_numbers(conn: Connection, changes: PageChanges, run_id: int, at: datetime) -> None:
+    """The page's new numbers by SQLAlchemy's own insert (MySQL, MariaDB)."""
     rows = [
         {
             "number": item.number,
@@ -640,8 +648,6 @@ def _insert_new(
         for item in changes.new
     ]
     conn.execute(_INSERT_NUMBERS, rows)
-    ids = conn.execute(statements.ids, {"new_numbers": [i.number for i in changes.new]})
-    return dict(ids.all()), None
 
 
 def _insert_events(
