@@ -10,7 +10,11 @@ transaction per page, on a fresh file for each form:
   returning the ids;
 - the sync's own insert for it (``_RowsInsert.numbered``: the multi-row ``VALUES`` form,
   through SQLAlchemy's connection as the driver's own SQL, without ``RETURNING``: the ids
-  are known as the range of rowids after the largest before, read first).
+  are known as the range of rowids after the largest before, read first; since 29 November
+  its booleans bound as 0 and 1 and its Nones as 0 through ``nullif(?, 0)``, which the
+  driver binds without looking for an adapter).
+
+The bare forms bind the values as they come (booleans, None), as a plain program would.
 
 The sync used the JSON form until 27 November; bench/RESULTS.md quotes these figures for
 what handing the driver flat rows instead saved.
@@ -41,7 +45,13 @@ from etl.source.parser import parse_item  # noqa: E402
 from etl.store.engine import make_engine  # noqa: E402
 from etl.store.schema import numbers  # noqa: E402
 from etl.store.types import UTCDateTime  # noqa: E402
-from etl.store.writer import _NEW_VARYING, _ListParam, _new_varying, _statements  # noqa: E402
+from etl.store.writer import (  # noqa: E402
+    _NEW_VARYING,
+    _ListParam,
+    _new_varying,
+    _sqlite_new_varying,
+    _statements,
+)
 
 PAGE = 99
 COLUMNS = (*_NEW_VARYING, "first_seen_at", "last_seen_at", "last_seen_run_id", "missed_runs")
@@ -127,7 +137,7 @@ def run_sync_statement(path: Path, pages: list[list[StockItem]], at: str) -> Non
     with engine.connect() as conn:
         for page in pages:
             with conn.begin():
-                rows = [_new_varying(item, insert.money) for item in page]
+                rows = [_sqlite_new_varying(item, insert.money) for item in page]
                 assert insert.numbered(conn, rows, (moment, moment, 1, 0)) is not None
     engine.dispose()
 

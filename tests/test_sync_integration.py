@@ -30,6 +30,7 @@ from etl.store.schema import (
     sync_runs,
     sync_scopes,
 )
+from etl.store.writer import _new_varying, _sqlite_bound, _sqlite_new_varying
 from etl.sync import RunResult, Sync
 from tests.conftest import make_settings
 
@@ -480,6 +481,15 @@ def edge_items() -> list[dict[str, Any]]:
         },
         {
             **base,
+            "numberString": "+12125550106",
+            # SQLite is given a None of this column as the integer 0: the text "0" stays
+            "id": "0",
+            "backOrderRequired": True,
+            "backOrderStockId": "0",
+            "capabilities": {"0": {"inbound": True, "outbound": False}},
+        },
+        {
+            **base,
             "numberString": "+12125550104",
             "id": "unknown-channels",
             "type": "x" * 32,
@@ -527,6 +537,21 @@ def test_every_value_is_stored_exactly(
         "fax_2_inbound,fax_2_outbound,rcs_inbound"
     )
     assert len(row(engine, "+12125550105").other_capabilities) == 497
+    assert row(engine, "+12125550106").back_order_stock_id == "0"
+
+
+def test_sqlite_is_given_a_new_numbers_values_as_they_are_with_bools_and_nones_as_ints() -> None:
+    """SQLite's row of a new number is the general one, value for value, with each bool as
+    0 or 1 and each None as 0 (which its insert turns back into NULL)."""
+    for raw in edge_items():
+        item = parse_item(raw)
+        assert isinstance(item, StockItem)
+        general = _new_varying(item, lambda amount, exponent: (amount, exponent))
+        sqlite = _sqlite_new_varying(item, lambda amount, exponent: (amount, exponent))
+        assert sqlite == tuple(map(_sqlite_bound, general))
+        assert [type(v) for v in sqlite] == [
+            int if v is None or isinstance(v, bool) else type(v) for v in general
+        ]
 
 
 def test_a_listing_that_loops_fails_its_scope_saying_so_once(
