@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +18,9 @@ from etl.errors import LockHeld, SchemaOutOfDate
 from etl.records import StockItem
 from etl.simulator import Simulator, SyntheticStock
 from etl.source.parser import parse_item
+from etl.store import migrate
 from etl.store.diff import attribute_values, price_values
+from etl.store.engine import SQLITE_CHECKPOINT_PAGES, make_engine
 from etl.store.lock import DatabaseLock
 from etl.store.runs import ERROR_CHARS, clipped, joined_errors
 from etl.store.schema import (
@@ -32,7 +35,7 @@ from etl.store.schema import (
 )
 from etl.store.writer import _new_varying, _sqlite_bound, _sqlite_new_varying
 from etl.sync import RunResult, Sync
-from tests.conftest import make_settings
+from tests.conftest import ACCESS_KEY, ORGANIZATION_ID, make_settings
 
 
 def sync(sim: Simulator, db_url: str, **kw: Any) -> RunResult:
@@ -552,6 +555,31 @@ def test_sqlite_is_given_a_new_numbers_values_as_they_are_with_bools_and_nones_a
         assert [type(v) for v in sqlite] == [
             int if v is None or isinstance(v, bool) else type(v) for v in general
         ]
+
+
+def test_sqlite_checkpoints_its_log_at_10000_pages_and_deletes_it_when_the_sync_ends(
+    tmp_path: Path,
+) -> None:
+    """A sync's commits leave SQLite's write-ahead log to grow past SQLite's default of
+    1,000 pages (each checkpoint syncs two files to disk), never past the sync's own limit;
+    the log is gone once the sync's connections close."""
+    path = tmp_path / "history.sqlite"
+    url = f"sqlite:///{path}"
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    wal = Path(f"{path}-wal")
+    sizes: list[int] = []
+    stock = SyntheticStock(seed=7, countries=("US", "NL"), size=8000)
+    with Simulator(stock, access_key=ACCESS_KEY, organization_id=ORGANIZATION_ID) as sim:
+        result = Sync(
+            make_settings(sim, url), on_page=lambda *_: sizes.append(wal.stat().st_size)
+        ).run()
+    assert result.status == "succeeded"
+    page_size = 4096
+    frame = 24 + page_size  # each page in the log has a header of its own
+    assert 1100 * frame < max(sizes) <= 32 + (SQLITE_CHECKPOINT_PAGES + 100) * frame
+    assert not wal.exists()
 
 
 def test_a_listing_that_loops_fails_its_scope_saying_so_once(
