@@ -5,7 +5,9 @@ MariaDB runs are required."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import sqlite3
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -576,10 +578,11 @@ def test_sqlite_checkpoints_its_log_at_10000_pages_and_deletes_it_when_the_sync_
             make_settings(sim, url), on_page=lambda *_: sizes.append(wal.stat().st_size)
         ).run()
     assert result.status == "succeeded"
-    page_size = 4096
+    assert not wal.exists()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     frame = 24 + page_size  # each page in the log has a header of its own
     assert 1100 * frame < max(sizes) <= 32 + (SQLITE_CHECKPOINT_PAGES + 100) * frame
-    assert not wal.exists()
 
 
 def test_a_listing_that_loops_fails_its_scope_saying_so_once(

@@ -269,7 +269,7 @@ def _sqlite_new_varying(item: StockItem, money: Callable[[int, int], Any]) -> tu
 
     The driver binds a value that is not exactly an int, float, str or bytearray (a bool,
     None) only after looking for an adapter for it: about 0.4 us a value. A new number has
-    nine booleans and usually two Nones, about a tenth of a first sync on SQLite. Here the
+    nine booleans and usually two Nones: a sixth of a first sync's time on SQLite. Here the
     booleans are 0 and 1, what SQLite stores for them anyway. A None in a column of
     ``_SQLITE_ZERO_IS_NULL`` is 0, which the insert's ``nullif(?, 0)`` turns back into
     NULL; SQLite never finds a text equal to the integer 0, so no text is changed."""
