@@ -49,7 +49,7 @@ from etl.store.writer import (  # noqa: E402
     _NEW_VARYING,
     _ListParam,
     _new_varying,
-    _sqlite_new_varying,
+    _sqlite_attributes,
     _statements,
 )
 
@@ -137,7 +137,7 @@ def run_sync_statement(path: Path, pages: list[list[StockItem]], at: str) -> Non
     with engine.connect() as conn:
         for page in pages:
             with conn.begin():
-                rows = [_sqlite_new_varying(item, insert.money) for item in page]
+                rows = [_new_varying(item, insert.money, _sqlite_attributes) for item in page]
                 assert insert.numbered(conn, rows, (moment, moment, 1, 0)) is not None
     engine.dispose()
 

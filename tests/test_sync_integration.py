@@ -21,7 +21,7 @@ from etl.records import StockItem
 from etl.simulator import Simulator, SyntheticStock
 from etl.source.parser import parse_item
 from etl.store import migrate
-from etl.store.diff import attribute_values, price_values
+from etl.store.diff import attribute_tuple, attribute_values, price_values
 from etl.store.engine import SQLITE_CHECKPOINT_PAGES, make_engine
 from etl.store.lock import DatabaseLock
 from etl.store.runs import ERROR_CHARS, clipped, joined_errors
@@ -35,7 +35,7 @@ from etl.store.schema import (
     sync_runs,
     sync_scopes,
 )
-from etl.store.writer import _new_varying, _sqlite_bound, _sqlite_new_varying
+from etl.store.writer import _sqlite_attributes, _sqlite_bound
 from etl.sync import RunResult, Sync
 from tests.conftest import ACCESS_KEY, ORGANIZATION_ID, make_settings
 
@@ -546,13 +546,13 @@ def test_every_value_is_stored_exactly(
 
 
 def test_sqlite_is_given_a_new_numbers_values_as_they_are_with_bools_and_nones_as_ints() -> None:
-    """SQLite's row of a new number is the general one, value for value, with each bool as
-    0 or 1 and each None as 0 (which its insert turns back into NULL)."""
+    """SQLite's tracked values of a new number are the general ones, value for value, with
+    each bool as 0 or 1 and each None as 0 (which its insert turns back into NULL)."""
     for raw in edge_items():
         item = parse_item(raw)
         assert isinstance(item, StockItem)
-        general = _new_varying(item, lambda amount, exponent: (amount, exponent))
-        sqlite = _sqlite_new_varying(item, lambda amount, exponent: (amount, exponent))
+        general = attribute_tuple(item)
+        sqlite = _sqlite_attributes(item)
         assert sqlite == tuple(map(_sqlite_bound, general))
         assert [type(v) for v in sqlite] == [
             int if v is None or isinstance(v, bool) else type(v) for v in general

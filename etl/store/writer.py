@@ -250,13 +250,18 @@ _NEW_VARYING = (
 )
 
 
-def _new_varying(item: StockItem, money: Callable[[int, int], Any]) -> tuple[Any, ...]:
+def _new_varying(
+    item: StockItem,
+    money: Callable[[int, int], Any],
+    attributes: Callable[[StockItem], tuple[Any, ...]] = attribute_tuple,
+) -> tuple[Any, ...]:
     """A new number's row of ``_NEW_VARYING``; ``money``: its monthly price as bound, from
-    the price's amount and exponent."""
+    the price's amount and exponent; ``attributes``: its tracked values as bound (SQLite:
+    ``_sqlite_attributes``)."""
     price = item.price
     return (
         item.number,
-        *attribute_tuple(item),
+        *attributes(item),
         money(price.amount, price.exponent),
         price.currency,
         price.amount,
@@ -264,8 +269,8 @@ def _new_varying(item: StockItem, money: Callable[[int, int], Any]) -> tuple[Any
     )
 
 
-def _sqlite_new_varying(item: StockItem, money: Callable[[int, int], Any]) -> tuple[Any, ...]:
-    """``_new_varying`` in the form SQLite's driver binds fastest.
+def _sqlite_attributes(item: StockItem) -> tuple[Any, ...]:
+    """``attribute_tuple`` in the form SQLite's driver binds fastest.
 
     The driver binds a value that is not exactly an int, float, str or bytearray (a bool,
     None) only after looking for an adapter for it: about 0.4 us a value. A new number has
@@ -273,19 +278,13 @@ def _sqlite_new_varying(item: StockItem, money: Callable[[int, int], Any]) -> tu
     booleans are 0 and 1, what SQLite stores for them anyway. A None in a column of
     ``_SQLITE_ZERO_IS_NULL`` is 0, which the insert's ``nullif(?, 0)`` turns back into
     NULL; SQLite never finds a text equal to the integer 0, so no text is changed."""
-    price = item.price
     return (
-        item.number,
         item.stock_item_id,
         item.country_code,
         item.number_type,
         *_sqlite_capabilities(item.capabilities),
         1 if item.back_order_required else 0,
         0 if item.back_order_stock_id is None else item.back_order_stock_id,
-        money(price.amount, price.exponent),
-        price.currency,
-        price.amount,
-        price.exponent,
     )
 
 
@@ -294,7 +293,7 @@ _SQLITE_ZERO_IS_NULL = ("other_capabilities", "back_order_stock_id")
 
 
 def _sqlite_bound(value: Any) -> Any:
-    """A value of ``_new_varying`` as ``_sqlite_new_varying`` gives it."""
+    """A tracked value as ``_sqlite_attributes`` gives it."""
     if value is None:
         return 0
     return int(value) if isinstance(value, bool) else value
@@ -319,7 +318,7 @@ class _RowsInsert:
       caller learns which rowids the rows got (``numbered``), without ``RETURNING``, which
       SQLite runs as a trigger on every row (about a tenth of the numbers' insert). A
       column of ``zero_is_null`` is bound through ``nullif(?, 0)``: its rows give a None
-      as 0 (see ``_sqlite_new_varying``).
+      as 0 (see ``_sqlite_attributes``).
 
     For a first sync's 99 new numbers and 99 events a page, these are the two costliest
     statements of a page on either database. ``varying``: the columns whose values each
@@ -672,7 +671,7 @@ def _insert_new(
         if from_rows.statement is not None:  # PostgreSQL: RETURNING
             new = [_new_varying(item, from_rows.money) for item in changes.new]
             return dict(from_rows.execute(conn, new, constants)), None
-        new = [_sqlite_new_varying(item, from_rows.money) for item in changes.new]
+        new = [_new_varying(item, from_rows.money, _sqlite_attributes) for item in changes.new]
         numbered = from_rows.numbered(conn, new, constants)
         if numbered is not None:
             return {}, numbered
