@@ -40,6 +40,7 @@ from etl.store.engine import (
 )
 from etl.store.lock import DatabaseLock
 from etl.store.migrate import check_schema, missing_database
+from etl.store.planner import TableGrowth
 from etl.store.writer import PageCounts, ScopeClose, apply_page, close_scope
 
 if TYPE_CHECKING:
@@ -192,6 +193,7 @@ class Sync:
         self._lock_lost = False
         # why the run stops early when it is not a signal (set before `stop`)
         self._stop_reason: str | None = None
+        self._growth = TableGrowth(None)  # the run's, made when it starts
 
     def _make_client(self) -> BirdClient:
         from etl.source.client import BirdClient, ClientStats
@@ -318,6 +320,7 @@ class Sync:
 
         run_id, scope_ids = in_transaction(self.engine, begin)
         lock.set_run(run_id)
+        self._growth = TableGrowth.start(self.engine)
         result = RunResult(run_id, "running", started)
         log.info("run %d started: %s", run_id, ", ".join(s.key for s in self.scopes))
         workers = max(1, min(self.settings.concurrency, len(self.scopes)))
@@ -426,6 +429,8 @@ class Sync:
                 ),
             )
             result.add(counts)
+            if self._growth.added(counts.listed):
+                TableGrowth.analyze(conn)
             unreadable += counts.unreadable
             last_fetch = page.fetched_at
             if debug:

@@ -129,17 +129,16 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         # this one without a word: it runs after it instead, on every new connection.
         given_init = parsed.query.get("init_command")
     elif backend == "postgresql":
-        # psycopg prepares a statement on the server after 5 runs, and PostgreSQL then keeps
-        # a generic plan chosen while `numbers` was still small: a sequential scan that made
-        # a first sync of 200,000 numbers quadratic (8 minutes instead of under one, see
-        # bench/RESULTS.md). Custom plans are made for each run's actual parameters.
+        # PostgreSQL keeps a plan once made: a prepared statement's (psycopg prepares one
+        # after 5 runs) and a foreign-key check's. One made while `numbers` looked empty
+        # reads the table row by row as a first sync grows it, so a sync that grows the table
+        # analyzes it (etl.store.planner). A new plan for every statement and every key
+        # check instead (plan_cache_mode=force_custom_plan, before) was a third of
+        # PostgreSQL's work in a first sync (bench/RESULTS.md).
         # A row lock held by another session (a transaction left open by hand) made a
         # page's write wait for ever, unnoticed: like MySQL's innodb_lock_wait_timeout
         # (50 s), the wait ends in an error, retried, then failing the country.
-        options = (
-            "-c timezone=UTC -c plan_cache_mode=force_custom_plan "
-            f"-c lock_timeout={PG_LOCK_WAIT_SECONDS}s"
-        )
+        options = f"-c timezone=UTC -c lock_timeout={PG_LOCK_WAIT_SECONDS}s"
         given = parsed.query.get("options")  # the URL's own (?options=-c search_path=...)
         if given:
             options += " " + (given if isinstance(given, str) else " ".join(given))

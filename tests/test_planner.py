@@ -1,0 +1,129 @@
+"""PostgreSQL's statistics of `numbers` kept in step with a sync that grows the table
+(etl.store.planner)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, event, text
+
+from etl.simulator import Simulator, SyntheticStock
+from etl.store.engine import make_engine
+from etl.store.planner import ANALYZE_AFTER_ADDED, TableGrowth
+from etl.sync import Sync
+from tests.conftest import ACCESS_KEY, ORGANIZATION_ID, make_settings
+
+
+def test_an_analyze_is_due_once_when_the_run_has_added_as_many_as_were_counted() -> None:
+    growth = TableGrowth(1500)
+    assert [growth.added(n) for n in (0, 600, 899, 1, 5000, 10**6)] == [
+        False,
+        False,
+        False,
+        True,  # 1,500 added
+        False,  # once a run
+        False,
+    ]
+    assert not TableGrowth(None).added(10**9)  # not PostgreSQL
+
+
+def test_threads_adding_at_once_get_one_analyze_between_them() -> None:
+    growth = TableGrowth(1000)
+    due: list[bool] = []
+    start = threading.Barrier(8)
+
+    def add() -> None:
+        start.wait()
+        for _ in range(250):
+            due.append(growth.added(1))
+
+    threads = [threading.Thread(target=add) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(due) == 2000
+    assert due.count(True) == 1
+
+
+def test_a_sqlite_run_never_analyzes(tmp_path: Any) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.sqlite'}")
+    try:
+        assert not TableGrowth.start(engine).added(10**9)
+    finally:
+        engine.dispose()
+
+
+def _generic_plan_of_a_key_check(conn: Connection) -> str:
+    """The plan PostgreSQL keeps for a foreign-key check on `numbers` (the query its
+    checks run), made now from the table's statistics."""
+    conn.execute(text("SET plan_cache_mode = force_generic_plan"))
+    conn.execute(
+        text(
+            "PREPARE key_check(integer) AS "
+            "SELECT 1 FROM ONLY numbers x WHERE id = $1 FOR KEY SHARE OF x"
+        )
+    )
+    plan = "\n".join(conn.execute(text("EXPLAIN EXECUTE key_check(1)")).scalars())
+    conn.execute(text("DEALLOCATE key_check"))
+    conn.execute(text("RESET plan_cache_mode"))
+    return plan
+
+
+@pytest.mark.parametrize("empty_db_url", ["postgresql"], indirect=True)
+def test_a_sync_that_grows_a_table_analyzed_while_empty_has_it_analyzed_again(
+    db_url: str,
+) -> None:
+    """An ANALYZE (or VACUUM) of the empty table leaves statistics by which the plan of a
+    key check reads `numbers` row by row; kept by every session for the rest of a first
+    sync, it made one of 200,000 numbers three times as slow. The sync analyzes the table
+    once it has added as many numbers as the statistics counted."""
+    admin = make_engine(db_url)
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE numbers"))
+        assert "Seq Scan" in _generic_plan_of_a_key_check(conn)
+    analyzed: list[str] = []
+    engine = make_engine(db_url)
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith("ANALYZE"):
+            analyzed.append(statement)
+
+    stock = SyntheticStock(seed=11, countries=("US", "NL"), size=ANALYZE_AFTER_ADDED + 500)
+    try:
+        with Simulator(stock, access_key=ACCESS_KEY, organization_id=ORGANIZATION_ID) as sim:
+            settings = make_settings(sim, db_url, countries="US,NL")
+            first = Sync(settings, engine=engine).run()
+            assert (first.status, first.total("listed")) == ("succeeded", 1500)
+            assert analyzed == ["ANALYZE numbers"]
+            with admin.connect() as conn:
+                counted = conn.execute(
+                    text("SELECT reltuples FROM pg_class WHERE oid = 'numbers'::regclass")
+                ).scalar_one()
+                assert counted >= ANALYZE_AFTER_ADDED
+                assert "Index" in _generic_plan_of_a_key_check(conn)
+            again = Sync(settings, engine=engine).run()  # nothing added: statistics stand
+            assert (again.status, again.total("listed")) == ("succeeded", 0)
+            assert analyzed == ["ANALYZE numbers"]
+    finally:
+        engine.dispose()
+        admin.dispose()
+
+
+@pytest.mark.parametrize("empty_db_url", ["postgresql"], indirect=True)
+def test_an_analyze_that_fails_is_logged_and_the_connection_goes_on(
+    empty_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = make_engine(empty_db_url)  # no tables: the ANALYZE fails
+    try:
+        with engine.connect() as conn, caplog.at_level(logging.WARNING, "etl.sync"):
+            TableGrowth.analyze(conn)
+            assert conn.execute(text("SELECT 1")).scalar_one() == 1
+        assert "could not ANALYZE numbers (the sync goes on" in caplog.text
+        assert 'relation "numbers" does not exist' in caplog.text
+    finally:
+        engine.dispose()
