@@ -430,7 +430,7 @@ class Sync:
             )
             result.add(counts)
             if self._growth.added(counts.listed):
-                TableGrowth.analyze(conn)
+                self._growth.analyze(conn)
             unreadable += counts.unreadable
             last_fetch = page.fetched_at
             if debug:

@@ -12,26 +12,28 @@ from sqlalchemy import Connection, event, text
 
 from etl.simulator import Simulator, SyntheticStock
 from etl.store.engine import make_engine
-from etl.store.planner import ANALYZE_AFTER_ADDED, TableGrowth
+from etl.store.planner import FIRST_ANALYZE, LARGE, TableGrowth
 from etl.sync import Sync
 from tests.conftest import ACCESS_KEY, ORGANIZATION_ID, make_settings
 
 
-def test_an_analyze_is_due_once_when_the_run_has_added_as_many_as_were_counted() -> None:
-    growth = TableGrowth(1500)
-    assert [growth.added(n) for n in (0, 600, 899, 1, 5000, 10**6)] == [
+def test_an_analyze_is_due_when_a_small_table_has_doubled_and_never_for_a_large_one() -> None:
+    never_counted = TableGrowth(-1)
+    assert [never_counted.added(n) for n in (0, 600, 399, 1, 5000)] == [
         False,
         False,
         False,
-        True,  # 1,500 added
-        False,  # once a run
-        False,
+        True,  # 1,000 numbers: the first ANALYZE
+        False,  # none again until `analyze` has counted the table
     ]
+    counted = TableGrowth(3000)
+    assert [counted.added(n) for n in (2999, 1)] == [False, True]  # 6,000 numbers
+    assert not TableGrowth(LARGE).added(10**9)
     assert not TableGrowth(None).added(10**9)  # not PostgreSQL
 
 
 def test_threads_adding_at_once_get_one_analyze_between_them() -> None:
-    growth = TableGrowth(1000)
+    growth = TableGrowth(-1)  # due at 1,000
     due: list[bool] = []
     start = threading.Barrier(8)
 
@@ -80,7 +82,7 @@ def test_a_sync_that_grows_a_table_analyzed_while_empty_has_it_analyzed_again(
     """An ANALYZE (or VACUUM) of the empty table leaves statistics by which the plan of a
     key check reads `numbers` row by row; kept by every session for the rest of a first
     sync, it made one of 200,000 numbers three times as slow. The sync analyzes the table
-    once it has added as many numbers as the statistics counted."""
+    each time it has doubled it, while it is small."""
     admin = make_engine(db_url)
     with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE numbers"))
@@ -93,22 +95,23 @@ def test_a_sync_that_grows_a_table_analyzed_while_empty_has_it_analyzed_again(
         if statement.startswith("ANALYZE"):
             analyzed.append(statement)
 
-    stock = SyntheticStock(seed=11, countries=("US", "NL"), size=ANALYZE_AFTER_ADDED + 500)
+    stock = SyntheticStock(seed=11, countries=("US", "NL"), size=5000)
     try:
         with Simulator(stock, access_key=ACCESS_KEY, organization_id=ORGANIZATION_ID) as sim:
-            settings = make_settings(sim, db_url, countries="US,NL")
+            settings = make_settings(sim, db_url, countries="US,NL", concurrency=1)
             first = Sync(settings, engine=engine).run()
-            assert (first.status, first.total("listed")) == ("succeeded", 1500)
-            assert analyzed == ["ANALYZE numbers"]
+            assert (first.status, first.total("listed")) == ("succeeded", 5000)
+            # at 1,089 numbers (11 pages of 99), at 2,178 (doubled) and at about 4,400 (again)
+            assert analyzed == ["ANALYZE numbers"] * 3
             with admin.connect() as conn:
                 counted = conn.execute(
                     text("SELECT reltuples FROM pg_class WHERE oid = 'numbers'::regclass")
                 ).scalar_one()
-                assert counted >= ANALYZE_AFTER_ADDED
+                assert counted >= 4 * FIRST_ANALYZE
                 assert "Index" in _generic_plan_of_a_key_check(conn)
             again = Sync(settings, engine=engine).run()  # nothing added: statistics stand
             assert (again.status, again.total("listed")) == ("succeeded", 0)
-            assert analyzed == ["ANALYZE numbers"]
+            assert analyzed == ["ANALYZE numbers"] * 3
     finally:
         engine.dispose()
         admin.dispose()
@@ -121,7 +124,7 @@ def test_an_analyze_that_fails_is_logged_and_the_connection_goes_on(
     engine = make_engine(empty_db_url)  # no tables: the ANALYZE fails
     try:
         with engine.connect() as conn, caplog.at_level(logging.WARNING, "etl.sync"):
-            TableGrowth.analyze(conn)
+            TableGrowth(-1).analyze(conn)
             assert conn.execute(text("SELECT 1")).scalar_one() == 1
         assert "could not ANALYZE numbers (the sync goes on" in caplog.text
         assert 'relation "numbers" does not exist' in caplog.text

@@ -1,18 +1,19 @@
-"""PostgreSQL's statistics of ``numbers`` kept in step with a sync that grows the table.
+"""PostgreSQL's statistics of ``numbers`` kept in step with a sync that grows a small table.
 
-PostgreSQL reuses a plan made once (a *generic* plan) for the foreign-key checks of every
-event it inserts and, once psycopg has prepared them, for the sync's own statements. A plan
-is made from the table's size as PostgreSQL then sees it. Made while ``numbers`` was
-nearly empty, and its statistics said so (an ``ANALYZE`` or ``VACUUM`` of the empty table),
-it reads the table row by row, and stays while a first sync grows the table to hundreds of
-thousands of numbers: each check then reads the whole table (a first sync of 200,000 took
-15 s instead of 5; before sessions made a plan for every statement, 8 minutes). An
-``ANALYZE`` of ``numbers`` once the run has added as many numbers as the statistics
-counted makes every session plan again, from figures that say the table is large.
+PostgreSQL reuses a plan once made (a *generic* plan): for the foreign-key check of every
+event it inserts, and for the sync's own statements once psycopg has prepared them. The
+plan is made from the table's size as its statistics and its file then say. Made while
+``numbers`` was small, it reads the table row by row (a key check up to about 200 rows, the
+read of a page's numbers up to about 1,000, ``bench/RESULTS.md``), and a session keeps it
+while a first sync grows the table to hundreds of thousands: every page then reads the
+whole table. A first sync of 200,000 numbers after a ``VACUUM ANALYZE`` of the empty
+database took 15.8 s instead of 5; with every statement planned from the start, 8 minutes.
 
-Until that plan is made the table is small, so a plan that reads it row by row costs
-little. A table whose statistics were never gathered is safe anyway: PostgreSQL then
-takes it to be at least 10 pages, enough for plans that use its indexes."""
+So while ``numbers`` is small, a run analyzes it each time the numbers it added have
+doubled the table since the statistics last counted it (the first time at 1,000): every
+session then plans again, from figures that say how large the table has become. From
+``LARGE`` numbers on, plans made from the statistics use the indexes, and stay right as
+the table grows; a run that starts there never analyzes it."""
 
 from __future__ import annotations
 
@@ -27,61 +28,67 @@ from etl.store.schema import numbers
 
 log = logging.getLogger("etl.sync")
 
-# A run that adds fewer numbers leaves the statistics alone: below this PostgreSQL's plans
-# of lookups by a unique key use the index whatever the statistics say (bench/RESULTS.md).
-ANALYZE_AFTER_ADDED = 1000
+FIRST_ANALYZE = 1000  # numbers in the table, by the run's count, at the first ANALYZE
+LARGE = 16000  # numbers from which PostgreSQL's plans of the sync's statements use indexes
+_COUNTED = text("SELECT reltuples FROM pg_class WHERE oid = CAST(:table AS regclass)")
 
 
 class TableGrowth:
-    """Counts the numbers a run adds (``added``, from any thread); on PostgreSQL, once they
-    reach the number of rows ``numbers`` had by its statistics when the run started (and at
-    least ``ANALYZE_AFTER_ADDED``), ``added`` returns True once: the caller then runs
-    ``analyze``. Elsewhere ``added`` never returns True."""
+    """The size of ``numbers`` as a run sees it: the statistics' count when the run starts
+    or last analyzed it, plus the numbers it added since (``added``, from any thread). On
+    PostgreSQL, while the table is smaller than ``LARGE``, ``added`` returns True when the
+    table has doubled since it was last counted (reached ``FIRST_ANALYZE`` the first time):
+    the caller then runs ``analyze``. Elsewhere ``added`` never returns True."""
 
-    def __init__(self, due_at: int | None) -> None:
-        self._due_at = due_at
-        self._added = 0
+    def __init__(self, counted: float | None) -> None:
+        """``counted``: the statistics' count of ``numbers`` (-1: never gathered); None:
+        not PostgreSQL."""
+        self._size = max(0, int(counted or 0))
+        self._due_at = None if counted is None else self._next_due(self._size)
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _next_due(size: int) -> int | None:
+        return None if size >= LARGE else max(FIRST_ANALYZE, 2 * size)
 
     @classmethod
     def start(cls, engine: Engine) -> TableGrowth:
-        """For a run on ``engine``: reads the statistics' row count of ``numbers``
-        (``pg_class.reltuples``; -1 when never gathered) on PostgreSQL."""
+        """For a run on ``engine``: reads the statistics' count of ``numbers``
+        (``pg_class.reltuples``) on PostgreSQL."""
         if engine.dialect.name != "postgresql":
             return cls(None)
         with engine.connect() as conn:
-            counted = conn.execute(
-                text("SELECT reltuples FROM pg_class WHERE oid = CAST(:table AS regclass)"),
-                {"table": numbers.name},
-            ).scalar()
-        return cls(max(ANALYZE_AFTER_ADDED, int(counted or 0)))
+            return cls(conn.execute(_COUNTED, {"table": numbers.name}).scalar_one())
 
     def added(self, count: int) -> bool:
-        """Count ``count`` more numbers added; True the one time an ANALYZE is due."""
+        """Count ``count`` more numbers added; True when an ANALYZE is due."""
         if self._due_at is None or count <= 0:
             return False
         with self._lock:
-            if self._due_at is None:
+            self._size += count
+            if self._due_at is None or self._size < self._due_at:
                 return False
-            self._added += count
-            if self._added < self._due_at:
-                return False
-            self._due_at = None  # once a run: plans made from then on use the indexes
+            self._due_at = None  # until `analyze` has counted the table again
             return True
 
-    @staticmethod
-    def analyze(conn: Connection) -> None:
-        """``ANALYZE numbers`` in a transaction of its own on ``conn`` (none may be open). A
-        failure is logged, not raised: the sync goes on, only slower. A role that does not
-        own the table gets a warning from PostgreSQL and no statistics."""
+    def analyze(self, conn: Connection) -> None:
+        """``ANALYZE numbers`` in a transaction of its own on ``conn`` (none may be open),
+        and the table counted again from its new statistics. A failure is logged, not
+        raised, and ends the analyses of the run: the sync goes on, only slower. A role that
+        does not own the table gets a warning from PostgreSQL and no statistics."""
         try:
             conn.exec_driver_sql(f"ANALYZE {numbers.name}")
+            counted = conn.execute(_COUNTED, {"table": numbers.name}).scalar_one()
             conn.commit()
         except SQLAlchemyError as exc:
             conn.rollback()
             log.warning(
-                "could not ANALYZE %s (the sync goes on; PostgreSQL may plan its checks "
+                "could not ANALYZE %s (the sync goes on; PostgreSQL may go on planning "
                 "from the statistics of a smaller table): %s",
                 numbers.name,
                 db_message(exc),
             )
+            return
+        with self._lock:
+            self._size = max(self._size, int(counted))
+            self._due_at = self._next_due(self._size)
