@@ -375,7 +375,7 @@ class Sync:
         try:
             if self.stop.is_set():
                 raise Interrupted("stopped before the scope started")
-            with self.engine.connect() as conn, async_commits(conn):
+            with self.engine.connect() as conn, async_commits(conn), self._growth.planning(conn):
                 return self._page(run_id, scope, row_id, conn, result)
         except Interrupted:
             reason = self._stop_reason or "stopped by a signal"

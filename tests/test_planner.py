@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
 import pytest
 from sqlalchemy import Connection, event, text
+from sqlalchemy.engine import make_url
 
 from etl.simulator import Simulator, SyntheticStock
 from etl.store.engine import make_engine
@@ -30,6 +32,14 @@ def test_an_analyze_is_due_when_a_small_table_has_doubled_and_never_for_a_large_
     assert [counted.added(n) for n in (2999, 1)] == [False, True]  # 6,000 numbers
     assert not TableGrowth(LARGE).added(10**9)
     assert not TableGrowth(None).added(10**9)  # not PostgreSQL
+
+
+def test_a_role_that_may_not_analyze_plans_anew_while_the_table_is_small() -> None:
+    small = TableGrowth(0, may_analyze=False)
+    assert small.custom_plans
+    assert not small.added(10**9)
+    assert not TableGrowth(LARGE, may_analyze=False).custom_plans
+    assert not TableGrowth(None, may_analyze=False).custom_plans
 
 
 def test_threads_adding_at_once_get_one_analyze_between_them() -> None:
@@ -130,3 +140,45 @@ def test_an_analyze_that_fails_is_logged_and_the_connection_goes_on(
         assert 'relation "numbers" does not exist' in caplog.text
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("empty_db_url", ["postgresql"], indirect=True)
+def test_a_sync_by_a_role_that_may_not_analyze_has_its_pages_planned_anew(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A role that is not the owner: PostgreSQL would refuse its ANALYZE with a warning
+    and keep the plans of an empty table; its scopes' sessions plan every statement."""
+    role = f"numbers_etl_test_sync_{os.getpid()}"
+    admin = make_engine(db_url)
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f"CREATE ROLE {role} LOGIN"))
+        conn.execute(
+            text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+        )
+        conn.execute(text(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}"))
+        conn.execute(text("VACUUM ANALYZE numbers"))
+    engine = make_engine(make_url(db_url).set(username=role).render_as_string(False))
+    seen: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith("ANALYZE") or "plan_cache_mode" in statement:
+            seen.append(statement)
+
+    stock = SyntheticStock(seed=11, countries=("US", "NL"), size=3000)
+    try:
+        with Simulator(stock, access_key=ACCESS_KEY, organization_id=ORGANIZATION_ID) as sim:
+            settings = make_settings(sim, db_url, countries="US,NL", concurrency=1)
+            with caplog.at_level(logging.WARNING, "etl.sync"):
+                result = Sync(settings, engine=engine).run()
+        assert (result.status, result.total("listed")) == ("succeeded", 3000)
+        assert seen == ["SET plan_cache_mode TO force_custom_plan", "RESET plan_cache_mode"] * 2
+        assert "this role may not ANALYZE numbers, which is small yet" in caplog.text
+        with engine.connect() as conn:  # the pool's connections, as the scopes left them
+            assert conn.execute(text("SHOW plan_cache_mode")).scalar_one() == "auto"
+    finally:
+        engine.dispose()
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f"DROP OWNED BY {role}"))
+            conn.execute(text(f"DROP ROLE {role}"))
+        admin.dispose()
