@@ -3,7 +3,7 @@
 PostgreSQL reuses a plan once made (a *generic* plan): for the foreign-key check of every
 event it inserts, and for the sync's own statements once psycopg has prepared them. The
 plan is made from the table's size as its statistics and its file then say. Made while
-``numbers`` was small, it reads the table row by row (a key check up to about 200 rows, the
+``numbers`` was small, it reads the table row by row (a key check up to about 100 rows, the
 read of a page's numbers up to about 1,000, ``bench/RESULTS.md``), and a session keeps it
 while a first sync grows the table to hundreds of thousands: every page then reads the
 whole table. A first sync of 200,000 numbers, one country at a time, after a ``VACUUM
@@ -117,8 +117,7 @@ class TableGrowth:
     def analyze(self, conn: Connection) -> None:
         """``ANALYZE numbers`` in a transaction of its own on ``conn`` (none may be open),
         and the table counted again from its new statistics. A failure is logged, not
-        raised, and ends the analyses of the run: the sync goes on, only slower. A role that
-        does not own the table gets a warning from PostgreSQL and no statistics."""
+        raised, and ends the analyses of the run: the sync goes on, only slower."""
         try:
             conn.exec_driver_sql(f"ANALYZE {numbers.name}")
             counted = conn.execute(_COUNTED, {"table": numbers.name}).scalar_one()
