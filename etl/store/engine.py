@@ -82,7 +82,15 @@ def async_commits(conn: Connection) -> Iterator[Connection]:
     if conn.dialect.name != "postgresql":
         yield conn
         return
-    conn.exec_driver_sql("SET synchronous_commit TO OFF")
+    with session_setting(conn, "synchronous_commit", "OFF"):
+        yield conn
+
+
+@contextmanager
+def session_setting(conn: Connection, name: str, value: str) -> Iterator[Connection]:
+    """PostgreSQL: the setting ``name`` at ``value`` for the session of ``conn`` (set and
+    committed at once), reset when done, unless the connection was lost meanwhile."""
+    conn.exec_driver_sql(f"SET {name} TO {value}")
     conn.commit()
     try:
         yield conn
@@ -90,7 +98,7 @@ def async_commits(conn: Connection) -> Iterator[Connection]:
         if not conn.invalidated:
             with suppress(SQLAlchemyError):
                 conn.rollback()
-                conn.exec_driver_sql("RESET synchronous_commit")
+                conn.exec_driver_sql(f"RESET {name}")
                 conn.commit()
 
 

@@ -25,12 +25,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from etl.store.engine import db_message
+from etl.store.engine import db_message, session_setting
 from etl.store.schema import numbers
 
 log = logging.getLogger("etl.sync")
@@ -92,16 +92,8 @@ class TableGrowth:
         if not self.custom_plans:
             yield conn
             return
-        conn.exec_driver_sql("SET plan_cache_mode TO force_custom_plan")
-        conn.commit()
-        try:
+        with session_setting(conn, "plan_cache_mode", "force_custom_plan"):
             yield conn
-        finally:
-            if not conn.invalidated:
-                with suppress(SQLAlchemyError):
-                    conn.rollback()
-                    conn.exec_driver_sql("RESET plan_cache_mode")
-                    conn.commit()
 
     def added(self, count: int) -> bool:
         """Count ``count`` more numbers added; True when an ANALYZE is due."""
