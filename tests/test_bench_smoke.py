@@ -109,6 +109,26 @@ def test_sqlite_inserts_bench_runs_end_to_end() -> None:
     assert len(re.findall(r"^\| .* \| [\d.]+ \| \d+ \|$", output, re.MULTILINE)) == 4
 
 
+def test_postgres_page_writes_bench_runs_end_to_end() -> None:
+    """bench/postgres_page_writes.py at three pages: every case, each schema change made, stores
+    every event (it checks)."""
+    url = DATABASES["postgresql"]
+    assert url is not None
+    _require_server("postgresql", url)
+    output = run_script("postgres_page_writes.py", "--pages", "3", "--rounds", "1", "--url", url)
+    assert "297 numbers in 3 pages, rounds: 1" in output
+    rows = re.findall(r"^\| ([^|]+) \| [\d.]+ \| [\d.]+ \| (?:[\d.]+|-) \|$", output, re.M)
+    assert rows == [
+        "sync",
+        "sync, no key to runs",
+        "sync, no key to numbers",
+        "sync, no keys",
+        "sync, no (run_id) index",
+        "sync, no (event, occurred_at) index",
+        "binary COPY",
+    ]
+
+
 def test_parse_bench_runs_end_to_end() -> None:
     """bench/parse_bench.py on a small stock: the two ways agree on every page (it checks)."""
     output = run_script("parse_bench.py", "--size", "500", "--rounds", "1")
