@@ -46,7 +46,13 @@ from etl.store.writer import _NEW_VARYING, _new_varying, _statements  # noqa: E4
 
 sys.path.insert(0, str(ROOT / "bench"))
 from sqlite_inserts import pages_of_items  # noqa: E402
-from sync_bench import DEFAULT_PG, Databases, postgres_available, process_cpu  # noqa: E402
+from sync_bench import (  # noqa: E402
+    DEFAULT_PG,
+    Databases,
+    is_postgres,
+    postgres_available,
+    process_cpu,
+)
 
 COLUMNS = ("id", *_NEW_VARYING, "first_seen_at", "last_seen_at", "last_seen_run_id", "missed_runs")
 EVENT_COLUMNS = ("number_id", "event", "detail", "run_id", "occurred_at")
@@ -67,13 +73,7 @@ SCOPE = Scope("US")
 def backend_cpu(pid: int) -> float | None:
     """The CPU seconds of the server's backend ``pid``, when it is a process of this machine's
     PostgreSQL server (a server elsewhere: None, whatever process has that pid here)."""
-    try:
-        with open(f"/proc/{pid}/comm") as comm:
-            if comm.read().strip() != "postgres":
-                return None
-    except OSError:
-        return None
-    return process_cpu(pid)
+    return process_cpu(pid) if is_postgres(pid) else None
 
 
 Write = Callable[[Connection, list[list[StockItem]], int, datetime], None]

@@ -180,6 +180,15 @@ def process_cpu(pid: int, children: bool = False) -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def is_postgres(pid: int) -> bool:
+    """Whether process ``pid`` of this machine is a PostgreSQL server's (``postgres``)."""
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            return comm.read().strip() == "postgres"
+    except OSError:
+        return False
+
+
 def postgres_cpu() -> float | None:
     """The CPU seconds the PostgreSQL server's processes on this machine have used so far,
     those of ended backends included (the postmaster reaps them), or None when no
@@ -187,13 +196,7 @@ def postgres_cpu() -> float | None:
     total, found = 0.0, False
     with contextlib.suppress(OSError):
         for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/comm") as comm:
-                    if comm.read().strip() != "postgres":
-                        continue
-            except OSError:
+            if not entry.name.isdigit() or not is_postgres(int(entry.name)):
                 continue
             cpu = process_cpu(int(entry.name), children=True)
             if cpu is not None:
